@@ -1,0 +1,40 @@
+# The README's commands: `make run`, `make test`, `make bench`, `make check-darwin`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest bench check-darwin install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+
+# Reinstall when the build inputs change (the native module is compiled at install).
+$(STAMP): $(PY) pyproject.toml setup.py csrc/metalmem.h csrc/linux.c csrc/build_ffi.py
+	$(PY) -m pip install --quiet -e '.[test,kube]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/metalmem-agent snapshot
+
+lint: $(STAMP)
+	$(PY) -m ruff check metalmem cli tests benchmarks csrc/build_ffi.py
+	$(PY) -m ruff format --check metalmem cli tests benchmarks csrc/build_ffi.py
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+pytest: $(STAMP)
+	$(PY) -m pytest -q
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-columns=min,median,mean,ops \
+		--benchmark-json=benchmarks/results.json
+
+clean:
+	rm -rf build dist *.egg-info metalmem/_native*.so metalmem/_native.c metalmem/_native.o

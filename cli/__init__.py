@@ -1,0 +1,1 @@
+"""metalmem-agent: the command-line application over the metalmem library."""

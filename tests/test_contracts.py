@@ -1,0 +1,98 @@
+"""The promised public surface (psutil's test_contracts): names, types, None-ness per platform."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import metalmem
+
+PUBLIC = {
+    "PSI",
+    "AccessDenied",
+    "Error",
+    "GpuMemory",
+    "Level",
+    "NoSuchProcess",
+    "PressureEvents",
+    "ProcessMemory",
+    "Sampler",
+    "SystemMemory",
+    "Unsupported",
+    "__version__",
+    "derive_darwin",
+    "process_memory",
+    "system_memory",
+}
+
+
+def test_all_is_exactly_the_documented_names() -> None:
+    assert set(metalmem.__all__) == PUBLIC
+    for name in metalmem.__all__:
+        assert hasattr(metalmem, name), name
+
+
+def test_importing_has_no_side_effects() -> None:
+    code = (
+        "import sys, threading, metalmem; "
+        "assert 'kubernetes' not in sys.modules; "
+        "assert threading.active_count() == 1; "
+        "import metalmem.sampler as s; assert s._shared is None"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_levels_are_ordered_ints() -> None:
+    L = metalmem.Level
+    assert L.NORMAL < L.WARNING < L.CRITICAL
+    assert [int(x) for x in (L.NORMAL, L.WARNING, L.CRITICAL)] == [0, 1, 2]
+
+
+def test_system_memory_field_types() -> None:
+    with metalmem.Sampler() as s:
+        m = s.system()
+    for field in (
+        "total",
+        "available",
+        "free",
+        "wired",
+        "compressed",
+        "swap_total",
+        "swap_used",
+        "pageouts",
+        "swapouts",
+        "oom_kills",
+        "gpu_limit",
+        "gpu_used",
+    ):
+        value = getattr(m, field)
+        assert value is None or (type(value) is int and value >= 0), field
+    assert m.os_level is None or isinstance(m.os_level, metalmem.Level)
+    assert m.psi is None or isinstance(m.psi, metalmem.PSI)
+    if sys.platform == "linux":
+        assert m.os_level is None  # the kernel has no such level; PSI stands in
+        assert m.total is not None and m.available is not None
+
+
+def test_process_memory_field_types() -> None:
+    import os
+
+    p = metalmem.process_memory(os.getpid())
+    assert p.pid == os.getpid()
+    for field in ("rss", "footprint", "wired", "swap", "peak", "anon"):
+        value = getattr(p, field)
+        assert value is None or (type(value) is int and value >= 0), field
+    assert isinstance(p.start_time, float)
+
+
+def test_exceptions_are_data_and_pickle() -> None:
+    exc = metalmem.NoSuchProcess("gone", pid=42, errno=3)
+    assert isinstance(exc, metalmem.Error)
+    assert type(exc).__module__ == "metalmem"
+    again = pickle.loads(pickle.dumps(exc))
+    assert type(again) is metalmem.NoSuchProcess
+    assert (again.pid, again.msg, again.errno) == (42, "gone", 3)
+    assert str(again) == str(exc) == "gone (pid=42, errno=3)"
+    assert issubclass(metalmem.AccessDenied, metalmem.Error)
+    assert issubclass(metalmem.Unsupported, metalmem.Error)

@@ -1,0 +1,212 @@
+"""The sampler on this machine, against independent readings (psutil, the /proc files)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+import metalmem
+
+from . import procref
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads Linux /proc")
+
+
+def _meminfo() -> dict[str, int | None]:
+    with open("/proc/meminfo", "rb") as f:
+        return procref.meminfo(f.read())
+
+
+def test_system_agrees_with_proc_meminfo() -> None:
+    with metalmem.Sampler() as s:
+        m = s.system()
+    ref = _meminfo()
+    assert m.total == ref["total"]
+    assert m.available is not None and ref["available"] is not None
+    assert abs(m.available - ref["available"]) <= 0.02 * ref["available"]
+    assert m.swap_total == ref["swap_total"]
+    assert m.wired is not None and m.compressed is not None  # Unevictable, Zswap on 6.x
+    assert m.scope == "host" and not m.limited
+    assert m.os_level is None  # Linux derives pressure from PSI in the classifier
+    assert isinstance(m.timestamp, float) and abs(m.timestamp - time.monotonic()) < 5
+
+
+def test_system_reads_psi_when_the_kernel_has_it() -> None:
+    with metalmem.Sampler() as s:
+        m = s.system()
+    if not os.path.exists("/proc/pressure/memory"):
+        assert m.psi is None
+        return
+    assert m.psi is not None
+    assert m.psi.some_avg10 is not None and 0 <= m.psi.some_avg10 <= 100
+    assert m.psi.some_total is not None and m.psi.some_total >= 0
+
+
+def test_slow_counters_are_refreshed_at_most_once_per_period() -> None:
+    with metalmem.Sampler() as s:
+        first = s.system()
+        second = s.system()
+        assert second.counters_timestamp == first.counters_timestamp
+        deadline = time.monotonic() + 5
+        third = s.system()
+        while third.counters_timestamp == first.counters_timestamp:
+            assert time.monotonic() < deadline, "slow counters never refreshed"
+            time.sleep(0.05)
+            third = s.system()
+    assert third.counters_timestamp is not None and first.counters_timestamp is not None
+    assert third.counters_timestamp - first.counters_timestamp >= 1.0
+    assert third.timestamp >= third.counters_timestamp
+
+
+def test_own_process_agrees_with_status_and_psutil() -> None:
+    pid = os.getpid()
+    with metalmem.Sampler() as s:
+        p = s.processes([pid])[pid]
+    assert isinstance(p, metalmem.ProcessMemory)
+    with open(f"/proc/{pid}/status", "rb") as f:
+        vmrss = procref.kv_kb(f.read())["VmRSS"]
+    ps_rss = psutil.Process(pid).memory_info().rss
+    assert p.rss is not None
+    assert abs(p.rss - vmrss) <= 0.05 * vmrss
+    assert abs(p.rss - ps_rss) <= 0.05 * ps_rss
+    assert p.footprint is not None and p.anon is not None and p.swap is not None
+    assert p.footprint == p.anon + p.swap
+    assert p.peak is not None and p.peak >= p.rss * 0.95
+    boot = psutil.boot_time()
+    assert p.start_time is not None
+    assert abs((boot + p.start_time) - psutil.Process(pid).create_time()) < 1.0
+
+
+def test_dead_pid_is_no_such_process() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with metalmem.Sampler() as s:
+        result = s.processes([child.pid])[child.pid]
+        assert isinstance(result, metalmem.NoSuchProcess)
+        assert result.pid == child.pid
+        with pytest.raises(metalmem.NoSuchProcess):
+            s.process(child.pid)
+    with pytest.raises(metalmem.NoSuchProcess):
+        metalmem.process_memory(child.pid)
+
+
+def test_a_batch_never_fails_as_a_whole() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with metalmem.Sampler() as s:
+        out = s.processes([os.getpid(), child.pid, 1, 0, -5])
+    assert isinstance(out[os.getpid()], metalmem.ProcessMemory)
+    assert isinstance(out[1], metalmem.ProcessMemory)
+    assert isinstance(out[child.pid], metalmem.NoSuchProcess)
+    assert isinstance(out[0], metalmem.NoSuchProcess)
+    assert isinstance(out[-5], metalmem.NoSuchProcess)
+
+
+def test_start_time_is_stable_and_differs_for_a_new_process() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with metalmem.Sampler() as s:
+            first = s.process(child.pid).start_time
+            time.sleep(0.05)
+            again = s.process(child.pid).start_time
+            mine = s.process(os.getpid()).start_time
+        with metalmem.Sampler() as s2:
+            fresh = s2.process(child.pid).start_time
+        assert first == again == fresh
+        assert mine is not None and first is not None and first > mine
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_reused_pid_slot_reports_the_new_process() -> None:
+    """The sampler pins /proc/PID while it caches it; once the process is gone the next
+    call must not report the dead one's numbers under a live pid's name."""
+    a = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    with metalmem.Sampler() as s:
+        before = s.process(a.pid)
+        a.kill()
+        a.wait()
+        assert isinstance(s.processes([a.pid])[a.pid], metalmem.NoSuchProcess)
+    assert before.start_time is not None
+
+
+def test_gpu_is_none_without_a_gpu_library() -> None:
+    with metalmem.Sampler() as s:
+        gpu = s.gpu()
+        caps = s.capabilities
+    if "gpu" in caps:  # a machine with NVML (the lent GPU machine)
+        assert gpu is not None and gpu.limit is not None and gpu.limit > 0
+        assert gpu.used is not None and gpu.used <= gpu.limit
+    else:
+        assert gpu is None
+
+
+def test_closed_sampler_refuses_calls() -> None:
+    s = metalmem.Sampler()
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        s.system()
+
+
+def test_repeated_calls_leak_no_memory() -> None:
+    """100 000 system() + processes() calls grow RSS by less than 1 MiB."""
+    pids = [os.getpid(), 1]
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGESIZE")
+
+    with metalmem.Sampler() as s:
+        for _ in range(2000):  # warm up caches, the pid slots and allocator pools
+            s.system()
+            s.processes(pids)
+        gc.collect()
+        before = rss()
+        for _ in range(100_000):
+            s.system()
+            s.processes(pids)
+        gc.collect()
+        after = rss()
+    assert after - before < 1024 * 1024, f"grew by {after - before} bytes"
+
+
+def test_snapshot_json_has_exact_bytes() -> None:
+    agent = os.path.join(os.path.dirname(sys.executable), "metalmem-agent")
+    out = subprocess.run(
+        [agent, "snapshot", "--json", "--pid", str(os.getpid())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    doc = json.loads(out.stdout)
+    ref = _meminfo()
+    assert doc["system"]["total"] == ref["total"]
+    assert isinstance(doc["system"]["available"], int)
+    proc = doc["processes"][str(os.getpid())]
+    assert isinstance(proc["rss"], int) and proc["rss"] > 0
+    assert doc["gpu"] is None or isinstance(doc["gpu"]["limit"], int)
+
+
+def test_snapshot_table_and_bad_scope_exit_code() -> None:
+    agent = os.path.join(os.path.dirname(sys.executable), "metalmem-agent")
+    ok = subprocess.run([agent, "snapshot"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "available" in ok.stdout
+    bad = subprocess.run(
+        [agent, "snapshot", "--scope", "/no/such/cgroup"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert "--scope" in bad.stderr
