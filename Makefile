@@ -11,7 +11,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 
 # Reinstall when the build inputs change (the native module is compiled at install).
-$(STAMP): $(PY) pyproject.toml setup.py csrc/metalmem.h csrc/linux.c csrc/build_ffi.py
+$(STAMP): $(PY) pyproject.toml setup.py csrc/metalmem.h csrc/linux.c csrc/darwin.c csrc/build_ffi.py
 	$(PY) -m pip install --quiet -e '.[test,kube]'
 	touch $(STAMP)
 
@@ -30,7 +30,12 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest -q
 
-test: lint typecheck pytest
+test: check-darwin lint typecheck pytest
+
+# csrc/darwin.c (and the cffi module around it) must compile and link for macOS: zig's Apple
+# SDK headers and libSystem stub, on any host (csrc/check_darwin.py says what is checked).
+check-darwin: $(STAMP)
+	$(PY) csrc/check_darwin.py
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-columns=min,median,mean,ops \

@@ -518,10 +518,11 @@ class PressureEvents:
     def __init__(
         self, sampler: Sampler, *, some_ms: int = 150, full_ms: int = 50, window_s: float = 2.0
     ) -> None:
+        self._ev = ffi.NULL
+        self._lock = threading.Lock()
         window_us = round(window_s * 1e6)
         if not (0 < some_ms * 1000 <= window_us and 0 < full_ms * 1000 <= window_us):
             raise ValueError("stall thresholds must be positive and no longer than the window")
-        self._ev = ffi.NULL
         err = ffi.new("struct mm_error *")
         out = ffi.new("mm_events **")
         rc = lib.mm_events_open(
@@ -532,7 +533,6 @@ class PressureEvents:
         self._ev = out[0]
         self._fd = lib.mm_events_fd(self._ev)
         self._level = ffi.new("int32_t *")
-        self._lock = threading.Lock()
 
     def fileno(self) -> int:
         """The readable fd; valid until :meth:`close`."""

@@ -81,3 +81,41 @@ def test_scope_that_is_not_a_memory_cgroup(tmp_path: pathlib.Path) -> None:
         metalmem.Sampler(root=str(tmp_path), scope="/sys/fs/cgroup/cpu-only")
     with pytest.raises(FileNotFoundError):
         metalmem.Sampler(root=str(tmp_path), scope="/sys/fs/cgroup/missing")
+
+
+def test_live_cgroup_reports_limit_based_available_and_its_own_psi() -> None:
+    """A real child holding 48 MiB in a 128 MiB cgroup: available follows the limit."""
+    import subprocess
+    import sys
+
+    from . import cgroups
+    from .helpers import wait_for
+
+    reason = cgroups.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    limit = 128 << 20
+    with cgroups.memory_cgroup(limit) as cg:
+        child = cg.popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; b = bytearray(b'\\x01') * (48 << 20); print(1, flush=True); "
+                "time.sleep(60)",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert child.stdout is not None and child.stdout.readline() == b"1\n"
+        with metalmem.Sampler(scope=cg.scope) as s, metalmem.Sampler() as host_sampler:
+            m = wait_for(
+                lambda: (x := s.system()).free is not None and x.free <= limit - (48 << 20) and x,
+                timeout=5,
+                what="usage seen",
+            )
+            host = host_sampler.system()
+        assert m.total == limit and m.limited and m.scope == cg.scope
+        assert m.available is not None and host.available is not None
+        assert m.available <= limit - (48 << 20) + (8 << 20)  # a little page cache may count
+        assert m.available < host.available
+        assert m.psi is not None  # the group's own PSI (the v2 mirror on hybrid hosts)
+        assert m.oom_kills == 0

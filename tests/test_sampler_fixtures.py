@@ -21,7 +21,7 @@ from metalmem.sampler import parse_proc_file
 
 from . import procref
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "procfs"
+SHARED = pathlib.Path(__file__).resolve().parent / "fixtures" / "shared" / "procfs"
 OURS = pathlib.Path(__file__).resolve().parent / "fixtures" / "proc"
 PAGE = os.sysconf("SC_PAGESIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
