@@ -130,3 +130,208 @@ def snapshot(as_json: bool, pids: tuple[int, ...], scope: str) -> None:
 
 def run_main() -> None:  # pragma: no cover - console entry for `python -m metalmem_cli`
     sys.exit(main(prog_name=os.path.basename(sys.argv[0])))
+
+
+# --- record / replay (issue 4) -----------------------------------------------------------------
+
+
+class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """A duration option (``500ms``, ``2s``, ``1.5m``, plain seconds) read by
+    :func:`metalmem.parse_duration`; ``minimum`` is exclusive (an interval must be > 0)."""
+
+    name = "duration"
+
+    def __init__(self, minimum: float | None = 0.0) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = metalmem.parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if self.minimum is not None and seconds <= self.minimum:
+            self.fail(f"{value!r} must be longer than {self.minimum:g}s", param, ctx)
+        return seconds
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM only set a flag and wake :meth:`wait` (``signal.set_wakeup_fd``).
+
+    Handlers exist only while recording and only in the main thread (STYLE rule 13); the
+    previous handlers and wakeup fd are restored on exit. Elsewhere :meth:`wait` just sleeps.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._fds: tuple[int, int] | None = None
+        self._old: dict[int, Any] = {}
+        self._old_fd = -1
+
+    def __enter__(self) -> _StopOnSignal:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._fds = (r, w)
+            self._old_fd = signal.set_wakeup_fd(w)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; true once a stop signal has arrived."""
+        import select
+        import time
+
+        if self.signum is None and timeout > 0:
+            if self._fds is None:
+                time.sleep(timeout)
+            else:
+                readable, _, _ = select.select([self._fds[0]], [], [], timeout)
+                if readable:
+                    os.read(self._fds[0], 512)  # drain the wakeup bytes
+        return self.signum is not None
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._fds is not None:
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
+            signal.set_wakeup_fd(self._old_fd)
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = None
+
+
+@main.command()
+@click.option(
+    "--interval",
+    type=DurationType(),
+    default="2s",
+    show_default=True,
+    help="Time between samples: 500ms, 2s, 1m, or seconds.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many samples (default: until SIGINT or SIGTERM).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.File("w", encoding="utf-8", lazy=False),
+    default="-",
+    show_default=True,
+    help="File to write the JSON lines to ('-' is stdout).",
+)
+@click.option(
+    "--scope",
+    default="host",
+    show_default=True,
+    help="'host' or a cgroup directory to sample instead of the host.",
+)
+def record(interval: float, count: int | None, output: Any, scope: str) -> None:
+    """Record samples of this host as JSON lines, one per tick, for `replay`.
+
+    Each line is written and flushed as it is taken, so a recording stopped by SIGINT or
+    SIGTERM is complete up to its last tick; stopping that way exits 0.
+    """
+    import time
+
+    from metalmem.replay import record_line
+
+    try:
+        sampler = metalmem.Sampler(scope=scope)
+    except (metalmem.Error, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="'--scope'") from exc
+    taken = 0
+    with sampler, _StopOnSignal() as stop:
+        deadline = time.monotonic()
+        while True:
+            try:
+                sample = sampler.system()
+            except (metalmem.Error, OSError) as exc:
+                click.echo(f"metalmem-agent: error: sampling failed: {exc}", err=True)
+                sys.exit(EXIT_FAILURE)
+            output.write(record_line(sample) + "\n")
+            output.flush()
+            taken += 1
+            if count is not None and taken >= count:
+                break
+            # Ticks on a fixed schedule; a late tick is not made up for by a burst.
+            deadline = max(deadline + interval, time.monotonic())
+            if stop.wait(deadline - time.monotonic()):
+                break
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--warning",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=metalmem.PressurePolicy().warning_available,
+    show_default=True,
+    help="WARNING below this fraction of memory available.",
+)
+@click.option(
+    "--critical",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=metalmem.PressurePolicy().critical_available,
+    show_default=True,
+    help="CRITICAL below this fraction of memory available.",
+)
+@click.option(
+    "--interval",
+    type=DurationType(),
+    default=None,
+    help="The recording's tick (default: inferred from its timestamps).",
+)
+@click.option("--all", "every_tick", is_flag=True, help="Print every tick, not only changes.")
+@click.option("--json", "as_json", is_flag=True, help="Print each tick's assessment as JSON.")
+def replay(
+    file: str,
+    warning: float,
+    critical: float,
+    interval: float | None,
+    every_tick: bool,
+    as_json: bool,
+) -> None:
+    """Replay a recording through the classifier and print the timeline of levels and reasons.
+
+    The recorded clock drives the classifier, so replaying a file twice prints the same.
+    """
+    from metalmem.replay import ReplayError, render_timeline
+    from metalmem.replay import replay as replay_lines
+
+    try:
+        policy = metalmem.PressurePolicy(warning_available=warning, critical_available=critical)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--warning' / '--critical'") from exc
+    try:
+        with click.open_file(file, "r", encoding="utf-8") as f:
+            entries = replay_lines(f, policy, interval)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {file}: {exc.strerror or exc}", param_hint="'FILE'"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"{file}: not UTF-8 text: {exc}", param_hint="'FILE'") from exc
+    except ReplayError as exc:
+        raise click.BadParameter(f"{file}:{exc.line}: {exc.msg}", param_hint="'FILE'") from exc
+    if as_json:
+        for entry in entries:
+            doc = {"line": entry.line, **metalmem.assessment_to_dict(entry.assessment)}
+            click.echo(json.dumps(doc, sort_keys=True))
+        return
+    for text in render_timeline(entries, every_tick=every_tick):
+        click.echo(text)
