@@ -8,7 +8,28 @@ from __future__ import annotations
 
 from .darwin import derive_darwin
 from .errors import AccessDenied, Error, NoSuchProcess, Unsupported
+from .eviction import (
+    Candidate,
+    CandidateState,
+    EvictionMode,
+    EvictionPolicy,
+    Plan,
+    Planner,
+    SkipReason,
+)
 from .level import Level
+from .pressure import (
+    Assessment,
+    Classifier,
+    PressurePolicy,
+    Reason,
+    Signal,
+    assessment_to_dict,
+    parse_duration,
+    threshold_bytes,
+)
+from .process import Reclaim, StopRecord, StopResult, stop, wait_for_reclaim
+from .replay import ReplayError, TimelineEntry, parse_line, record_line
 from .sampler import (
     PSI,
     GpuMemory,
@@ -19,23 +40,71 @@ from .sampler import (
     process_memory,
     system_memory,
 )
+from .targets import (
+    KubeRef,
+    Priority,
+    StopMethod,
+    Target,
+    TargetChanges,
+    TargetSource,
+    TargetSpec,
+    TargetTracker,
+    discover,
+    parse_target_specs,
+    resolve,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PSI",
     "AccessDenied",
+    "Assessment",
+    "Candidate",
+    "CandidateState",
+    "Classifier",
     "Error",
+    "EvictionMode",
+    "EvictionPolicy",
     "GpuMemory",
+    "KubeRef",
     "Level",
     "NoSuchProcess",
+    "Plan",
+    "Planner",
     "PressureEvents",
+    "PressurePolicy",
+    "Priority",
     "ProcessMemory",
+    "Reason",
+    "Reclaim",
+    "ReplayError",
     "Sampler",
+    "Signal",
+    "SkipReason",
+    "StopMethod",
+    "StopRecord",
+    "StopResult",
     "SystemMemory",
+    "Target",
+    "TargetChanges",
+    "TargetSource",
+    "TargetSpec",
+    "TargetTracker",
+    "TimelineEntry",
     "Unsupported",
     "__version__",
+    "assessment_to_dict",
     "derive_darwin",
+    "discover",
+    "parse_duration",
+    "parse_line",
+    "parse_target_specs",
     "process_memory",
+    "record_line",
+    "resolve",
+    "stop",
     "system_memory",
+    "threshold_bytes",
+    "wait_for_reclaim",
 ]

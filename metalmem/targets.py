@@ -1,0 +1,812 @@
+"""Managed targets: the inference processes metalmem may stop, and where they come from.
+
+A :class:`Target` is one running process, named by ``(pid, start_time)`` for its whole lifetime
+(``start_time`` from the sampler: seconds since boot on Linux), plus what the eviction planner
+needs to know about it: a stable ``key``, a :class:`Priority`, whether it is protected, its
+declared budget and how to stop it. Two sources produce targets:
+
+- static configuration: :class:`TargetSpec` records, one per ``[[target]]`` table of the agent's
+  TOML file, checked by :func:`parse_target_specs` (the CLI reads the file; library code never
+  does, STYLE rule 2) and turned into live targets by :func:`resolve`;
+- discovery (:func:`discover`): running processes whose executable name matches a regex
+  (``llama-server`` by default), named from ``--alias`` or the model file in their command line.
+
+A target whose process is gone is dropped; a restarted process is a new identity even under the
+same key. :class:`TargetTracker` re-resolves both sources and reports what changed.
+
+Processes are listed from ``<proc_root>`` (``<sampler.root>/proc`` unless given, so tests can
+point both at a captured tree) on Linux, and from ``ps`` on macOS, which has no ``/proc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from .errors import NoSuchProcess
+from .sampler import Sampler
+
+__all__ = [
+    "DEFAULT_DISCOVERY_PATTERN",
+    "KubeRef",
+    "Priority",
+    "StopMethod",
+    "Target",
+    "TargetChanges",
+    "TargetSource",
+    "TargetSpec",
+    "TargetTracker",
+    "discover",
+    "name_from_argv",
+    "parse_ps_output",
+    "parse_size",
+    "parse_target_specs",
+    "resolve",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DISCOVERY_PATTERN = "llama-server"
+DEFAULT_GRACE = 10.0  # seconds; LLMKube and llama-swap both wait 10 s (reference/peers.md)
+
+
+class Priority(enum.StrEnum):
+    """How much a target matters; the lowest rank is evicted first.
+
+    The values are the stable strings of config files, labels and logs. Comparisons between
+    priorities follow :attr:`rank` (``BATCH < LOW < NORMAL < HIGH < CRITICAL``), not the
+    alphabet, so ``min(priorities)`` is the first to go.
+    """
+
+    BATCH = "batch"
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        """0 for batch up to 4 for critical."""
+        return _RANKS[self]
+
+    @classmethod
+    def parse(cls, value: str | None) -> Priority:
+        """The priority named by ``value`` (any case, surrounding blanks ignored); an unknown or
+        missing name means :attr:`NORMAL`, as issue 5 asks (a label typo must not make a model
+        the first victim, nor make it untouchable)."""
+        if value is None:
+            return cls.NORMAL
+        try:
+            return cls(value.strip().lower())
+        except ValueError:
+            return cls.NORMAL
+
+    def _rank_of(self, other: object) -> int | None:
+        if isinstance(other, Priority):
+            return other.rank
+        if isinstance(other, str) and other in _BY_VALUE:
+            return _BY_VALUE[other].rank
+        return None
+
+    def __lt__(self, other: str) -> bool:
+        rank = self._rank_of(other)
+        return NotImplemented if rank is None else self.rank < rank
+
+    def __le__(self, other: str) -> bool:
+        rank = self._rank_of(other)
+        return NotImplemented if rank is None else self.rank <= rank
+
+    def __gt__(self, other: str) -> bool:
+        rank = self._rank_of(other)
+        return NotImplemented if rank is None else self.rank > rank
+
+    def __ge__(self, other: str) -> bool:
+        rank = self._rank_of(other)
+        return NotImplemented if rank is None else self.rank >= rank
+
+
+_RANKS = {p: i for i, p in enumerate(Priority)}
+_BY_VALUE = {p.value: p for p in Priority}
+
+
+class TargetSource(enum.StrEnum):
+    """Where a target came from."""
+
+    CONFIG = "config"
+    DISCOVERY = "discovery"
+
+
+@dataclass(frozen=True, slots=True)
+class StopMethod:
+    """How to stop a target gracefully before it is killed.
+
+    ``signal`` is sent first (through the pidfd on Linux), or ``command`` is run instead (no
+    shell; every argument equal to or containing ``{pid}`` gets the target's pid), e.g.
+    ``("launchctl", "bootout", "gui/501/com.example.llama")``. ``grace`` seconds later a
+    process that has not exited gets SIGKILL. ``process_group`` sends both signals to the
+    target's process group when the target leads it (see :func:`metalmem.process.stop`).
+    """
+
+    signal: int = signal.SIGTERM
+    grace: float = DEFAULT_GRACE
+    process_group: bool = False
+    command: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.signal, bool) or not isinstance(self.signal, int):
+            raise ValueError(f"stop_signal: must be a signal number or name, got {self.signal!r}")
+        if self.signal not in signal.valid_signals():
+            raise ValueError(f"stop_signal: {self.signal} is not a valid signal here")
+        if isinstance(self.grace, bool) or not isinstance(self.grace, int | float):
+            raise ValueError(f"grace: must be a number of seconds, got {self.grace!r}")
+        if not (math.isfinite(self.grace) and self.grace >= 0):
+            raise ValueError(f"grace: must be finite and >= 0 seconds, got {self.grace!r}")
+        if not isinstance(self.process_group, bool):
+            raise ValueError(f"process_group: must be true or false, got {self.process_group!r}")
+        if self.command is not None and (
+            not isinstance(self.command, tuple)
+            or not self.command
+            or not all(isinstance(a, str) and a for a in self.command)
+        ):
+            raise ValueError(
+                f"stop_command: must be a non-empty argument list, got {self.command!r}"
+            )
+
+    def command_for(self, pid: int) -> tuple[str, ...] | None:
+        """``command`` with ``{pid}`` replaced by ``pid``; ``None`` when stopping by signal."""
+        if self.command is None:
+            return None
+        return tuple(arg.replace("{pid}", str(pid)) for arg in self.command)
+
+
+@dataclass(frozen=True, slots=True)
+class KubeRef:
+    """The Kubernetes object a target serves (an InferenceService): namespace and name."""
+
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One managed process. ``(pid, start_time)`` is its identity; ``key`` is the stable name
+    (``namespace/name`` or ``name``) under which metrics, events and the respawn block track it.
+
+    ``budget`` is the footprint it is expected to need in bytes (``None``: not declared);
+    ``kube`` is set for targets that map to a Kubernetes object.
+    """
+
+    key: str
+    pid: int
+    start_time: float
+    priority: Priority = Priority.NORMAL
+    protected: bool = False
+    budget: int | None = None
+    stop: StopMethod = field(default_factory=StopMethod)
+    kube: KubeRef | None = None
+    source: TargetSource = TargetSource.CONFIG
+
+    @property
+    def identity(self) -> tuple[int, float]:
+        """``(pid, start_time)``: names this process and no other, for its whole lifetime."""
+        return (self.pid, self.start_time)
+
+
+# --- static configuration ------------------------------------------------------------------
+
+_NAME_RE = re.compile(r"[^\s/#]+")  # "/" joins namespace/name, "#" marks a per-pid suffix
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """One ``[[target]]`` table: how to find a process and how to treat it.
+
+    Exactly one of ``pid``, ``pidfile`` (a file holding the pid, read at every resolution, as
+    service managers rewrite it on restart) or ``cmdline`` (a regex searched in the command
+    line, arguments joined by spaces) says which process it is. A spec with a ``namespace``
+    maps to the Kubernetes object ``namespace/name``. Raises ``ValueError`` naming the field.
+    """
+
+    name: str
+    namespace: str | None = None
+    pid: int | None = None
+    pidfile: str | None = None
+    cmdline: str | None = None
+    priority: Priority = Priority.NORMAL
+    protected: bool = False
+    budget: int | None = None
+    stop: StopMethod = field(default_factory=StopMethod)
+
+    def __post_init__(self) -> None:
+        for fname in ("name", "namespace"):
+            value = getattr(self, fname)
+            if value is None and fname == "namespace":
+                continue
+            if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+                raise ValueError(
+                    f"{fname}: must be a non-empty name without blanks, '/' or '#', got {value!r}"
+                )
+        chosen = [k for k in ("pid", "pidfile", "cmdline") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "pid/pidfile/cmdline: exactly one is required, got "
+                + (", ".join(chosen) if chosen else "none")
+            )
+        if self.pid is not None and (
+            isinstance(self.pid, bool) or not isinstance(self.pid, int) or self.pid <= 1
+        ):
+            raise ValueError(f"pid: must be an integer > 1, got {self.pid!r}")
+        if self.pidfile is not None and (not isinstance(self.pidfile, str) or not self.pidfile):
+            raise ValueError(f"pidfile: must be a path, got {self.pidfile!r}")
+        if self.cmdline is not None:
+            if not isinstance(self.cmdline, str) or not self.cmdline:
+                raise ValueError(f"cmdline: must be a non-empty regex, got {self.cmdline!r}")
+            try:
+                re.compile(self.cmdline)
+            except re.error as exc:
+                raise ValueError(f"cmdline: not a valid regex: {exc}") from exc
+        if not isinstance(self.priority, Priority):
+            raise ValueError(f"priority: must be a Priority, got {self.priority!r}")
+        if not isinstance(self.protected, bool):
+            raise ValueError(f"protected: must be true or false, got {self.protected!r}")
+        if self.budget is not None and (
+            isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 0
+        ):
+            raise ValueError(f"budget: must be bytes >= 0, got {self.budget!r}")
+        if not isinstance(self.stop, StopMethod):
+            raise ValueError(f"stop: must be a StopMethod, got {self.stop!r}")
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``, or ``name`` alone."""
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    @property
+    def kube(self) -> KubeRef | None:
+        """The Kubernetes object this spec names, when it has a namespace."""
+        return KubeRef(self.namespace, self.name) if self.namespace else None
+
+
+_SPEC_KEYS = frozenset(
+    {
+        "name",
+        "namespace",
+        "pid",
+        "pidfile",
+        "cmdline",
+        "priority",
+        "protected",
+        "budget",
+        "stop_signal",
+        "grace",
+        "process_group",
+        "stop_command",
+    }
+)
+
+# Kubernetes quantity suffixes: decimal K/M/G/T(B), binary Ki/Mi/Gi/Ti(B).
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B?|B)?\s*", re.IGNORECASE)
+_SIZE_POWER = {"k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an integer or a string like ``"12GiB"``, ``"500M"``, ``"4096"``.
+
+    ``K``/``M``/``G``/``T`` (optionally with ``B``) are decimal and ``Ki``/``Mi``/``Gi``/``Ti``
+    binary, as in Kubernetes quantities. Raises ``ValueError`` for anything else.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"not a size: {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"not a size: {value!r}")
+    m = _SIZE_RE.fullmatch(value)
+    if m is None:
+        raise ValueError(f"not a size: {value!r}")
+    number, unit, binary = m.groups()
+    base = 1024 if binary else 1000
+    power = _SIZE_POWER[unit.lower()] if unit else 0
+    return int(float(number) * base**power)
+
+
+def _parse_signal(value: int | str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"not a signal: {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        name = value.strip().upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            pass
+    raise ValueError(f"not a signal: {value!r}")
+
+
+def _parse_command(value: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(shlex.split(value))
+    if isinstance(value, list | tuple) and all(isinstance(a, str) for a in value):
+        return tuple(value)
+    raise ValueError(f"not a command: {value!r}")
+
+
+def _spec_from_table(table: Mapping[str, Any]) -> TargetSpec:
+    unknown = sorted(set(table) - _SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(_SPEC_KEYS))})")
+    stop_kwargs: dict[str, Any] = {}
+    converters: tuple[tuple[str, str, Any], ...] = (
+        ("stop_signal", "signal", _parse_signal),
+        ("grace", "grace", None),
+        ("process_group", "process_group", None),
+        ("stop_command", "command", _parse_command),
+    )
+    for key, attr, convert in converters:
+        if key in table:
+            try:
+                stop_kwargs[attr] = convert(table[key]) if convert else table[key]
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+    budget = table.get("budget")
+    if budget is not None:
+        try:
+            budget = parse_size(budget)
+        except ValueError as exc:
+            raise ValueError(f"budget: {exc}") from None
+    priority = table.get("priority")
+    if priority is not None and not isinstance(priority, str):
+        raise ValueError(f"priority: must be a name, got {priority!r}")
+    parsed = Priority.parse(priority)
+    if priority is not None and parsed.value != priority.strip().lower():
+        log.warning("event=unknown_priority name=%s priority=%r using=normal", table.get("name"),
+                    priority)  # fmt: skip
+    return TargetSpec(
+        name=table.get("name"),  # type: ignore[arg-type]  # checked in __post_init__
+        namespace=table.get("namespace"),
+        pid=table.get("pid"),
+        pidfile=table.get("pidfile"),
+        cmdline=table.get("cmdline"),
+        priority=parsed,
+        protected=table.get("protected", False),
+        budget=budget,
+        stop=StopMethod(**stop_kwargs),
+    )
+
+
+def parse_target_specs(tables: Sequence[Mapping[str, Any]]) -> list[TargetSpec]:
+    """Check the ``[[target]]`` tables of a parsed TOML document and build their specs.
+
+    Pure: the caller reads and parses the file (``tomllib``). Raises ``ValueError`` whose
+    message starts ``target[i]`` (0-based table index) and names the offending key: an unknown
+    key, a wrong type or value, or a key (``namespace/name``) used twice. An unknown priority
+    becomes ``normal`` with a warning (issue 5).
+    """
+    specs: list[TargetSpec] = []
+    seen: set[str] = set()
+    for i, table in enumerate(tables):
+        if not isinstance(table, Mapping):
+            raise ValueError(f"target[{i}]: must be a table, got {type(table).__name__}")
+        try:
+            spec = _spec_from_table(table)
+        except ValueError as exc:
+            raise ValueError(f"target[{i}]: {exc}") from None
+        if spec.key in seen:
+            raise ValueError(f"target[{i}]: name: duplicate target {spec.key!r}")
+        seen.add(spec.key)
+        specs.append(spec)
+    return specs
+
+
+# --- process tables ------------------------------------------------------------------------
+
+
+class _ProcessTable(Protocol):
+    def pids(self) -> Iterable[int]: ...
+    def argv(self, pid: int) -> tuple[str, ...] | None: ...
+    def names(self, pid: int) -> tuple[str, ...]: ...
+
+
+class _ProcFS:
+    """Linux: ``/proc/<pid>/{cmdline,comm,exe}`` under ``root``; a process that vanishes or
+    hides while being read is skipped, as it would be a moment later anyway."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def pids(self) -> Iterator[int]:
+        try:
+            entries = os.listdir(self.root)
+        except OSError as exc:
+            log.warning("event=proc_scan_failed root=%s error=%s", self.root, exc)
+            return
+        for entry in entries:
+            if entry.isdigit():
+                yield int(entry)
+
+    def _read(self, pid: int, name: str) -> bytes | None:
+        try:
+            with open(os.path.join(self.root, str(pid), name), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def argv(self, pid: int) -> tuple[str, ...] | None:
+        raw = self._read(pid, "cmdline")
+        if not raw:  # kernel threads and zombies have an empty command line
+            return None
+        return tuple(os.fsdecode(a) for a in raw.rstrip(b"\0").split(b"\0"))
+
+    def names(self, pid: int) -> tuple[str, ...]:
+        """``comm`` (the executable's basename as exec'd, cut to 15 bytes) and the basename
+        of the ``exe`` link, where readable."""
+        out = []
+        comm = self._read(pid, "comm")
+        if comm:
+            out.append(os.fsdecode(comm.rstrip(b"\n")))
+        with contextlib.suppress(OSError):  # another user's process without CAP_SYS_PTRACE
+            out.append(os.path.basename(os.readlink(os.path.join(self.root, str(pid), "exe"))))
+        return tuple(out)
+
+
+class _PsTable:
+    """macOS (and any system with a POSIX ``ps``): one snapshot from two ``ps`` runs.
+
+    ``ps`` prints the command line joined by spaces, so an argument that itself contains a
+    blank is split in two here; names from ``--alias``/``-m`` are then cut at the blank.
+    """
+
+    def __init__(self) -> None:
+        self._comm = parse_ps_output(_run_ps("comm"))
+        self._args = parse_ps_output(_run_ps("args"))
+
+    def pids(self) -> Iterable[int]:
+        return self._args.keys()
+
+    def argv(self, pid: int) -> tuple[str, ...] | None:
+        args = self._args.get(pid)
+        return tuple(args.split()) if args else None
+
+    def names(self, pid: int) -> tuple[str, ...]:
+        comm = self._comm.get(pid)
+        return (os.path.basename(comm),) if comm else ()
+
+
+def _run_ps(column: str) -> str:
+    return subprocess.run(
+        ["ps", "-axww", "-o", f"pid=,{column}="],
+        check=True,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=10,
+    ).stdout
+
+
+def parse_ps_output(text: str) -> dict[int, str]:
+    """``{pid: rest of line}`` from ``ps -o pid=,<column>=`` output; malformed lines skipped."""
+    out: dict[int, str] = {}
+    for line in text.splitlines():
+        head, _, rest = line.strip().partition(" ")
+        if head.isdigit() and rest.strip():
+            out[int(head)] = rest.strip()
+    return out
+
+
+def _table(sampler: Sampler, proc_root: str | None) -> _ProcessTable:
+    if proc_root is not None:
+        return _ProcFS(proc_root)
+    if sys.platform == "linux":
+        return _ProcFS(os.path.join(sampler.root, "proc"))
+    return _PsTable()
+
+
+def _never_target(pid: int) -> bool:
+    """pid 0/1, ourselves and our parent are never targets (STYLE rule 15)."""
+    return pid <= 1 or pid == os.getpid() or pid == os.getppid()
+
+
+def _start_times(sampler: Sampler, pids: Iterable[int]) -> dict[int, float]:
+    """Start times of the pids that are alive and readable; the rest are left out (a target
+    whose identity cannot be read cannot be stopped safely)."""
+    out: dict[int, float] = {}
+    for pid, rec in sampler.processes(sorted(set(pids))).items():
+        if isinstance(rec, NoSuchProcess):
+            continue
+        if isinstance(rec, BaseException):  # AccessDenied, or an OSError naming the call
+            log.debug("event=target_unreadable pid=%d error=%s", pid, rec)
+            continue
+        if rec.start_time is None:
+            log.debug("event=target_unreadable pid=%d error=no start time", pid)
+            continue
+        out[pid] = rec.start_time
+    return out
+
+
+def _read_pidfile(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            text = f.read(64).strip()
+    except OSError as exc:
+        log.debug("event=pidfile_unreadable path=%s error=%s", path, exc)
+        return None
+    if not text.isdigit():
+        log.debug("event=pidfile_invalid path=%s content=%r", path, text)
+        return None
+    return int(text)
+
+
+def _with_unique_keys(candidates: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """``(key, pid)`` pairs where every key that occurs more than once gets ``#pid``."""
+    counts: dict[str, int] = {}
+    for key, _ in candidates:
+        counts[key] = counts.get(key, 0) + 1
+    return [(f"{key}#{pid}" if counts[key] > 1 else key, pid) for key, pid in candidates]
+
+
+def resolve(
+    specs: Sequence[TargetSpec], sampler: Sampler, *, proc_root: str | None = None
+) -> list[Target]:
+    """The live targets the specs name right now, in spec order.
+
+    ``pid`` is taken as is, ``pidfile`` is read now, ``cmdline`` is searched in every process's
+    command line (arguments joined by single spaces). A spec that names no live process yields
+    no target. A ``cmdline`` that matches several processes yields one target per process, each
+    keyed ``key#pid`` so keys stay unique (one match keeps the plain key, so a respawn block by
+    key holds across restarts). A process named by several specs is the first one's target
+    only. pid 0/1, this process and its parent never match.
+    """
+    wanted: list[tuple[TargetSpec, str, int]] = []
+    table: _ProcessTable | None = None
+    for spec in specs:
+        if spec.pid is not None:
+            wanted.append((spec, spec.key, spec.pid))
+        elif spec.pidfile is not None:
+            pid = _read_pidfile(spec.pidfile)
+            if pid is not None:
+                wanted.append((spec, spec.key, pid))
+        elif spec.cmdline is not None:
+            if table is None:
+                table = _table(sampler, proc_root)
+            pattern = re.compile(spec.cmdline)
+            matches = []
+            for pid in sorted(table.pids()):
+                if _never_target(pid):
+                    continue
+                argv = table.argv(pid)
+                if argv and pattern.search(" ".join(argv)):
+                    matches.append((spec.key, pid))
+            wanted.extend((spec, key, pid) for key, pid in _with_unique_keys(matches))
+    # One process, one target: when several specs name the same process, the first wins
+    # (counting it twice would double its footprint in the planner's guard).
+    first_by_pid: dict[int, tuple[TargetSpec, str, int]] = {}
+    for w in wanted:
+        if _never_target(w[2]):
+            continue
+        if w[2] in first_by_pid:
+            log.debug("event=target_duplicate key=%s pid=%d kept=%s", w[1], w[2],
+                      first_by_pid[w[2]][1])  # fmt: skip
+            continue
+        first_by_pid[w[2]] = w
+    wanted = list(first_by_pid.values())
+    starts = _start_times(sampler, (pid for _, _, pid in wanted))
+    return [
+        Target(
+            key=key,
+            pid=pid,
+            start_time=starts[pid],
+            priority=spec.priority,
+            protected=spec.protected,
+            budget=spec.budget,
+            stop=spec.stop,
+            kube=spec.kube,
+            source=TargetSource.CONFIG,
+        )
+        for spec, key, pid in wanted
+        if pid in starts
+    ]
+
+
+# --- discovery -----------------------------------------------------------------------------
+
+_ALIAS_FLAGS = ("--alias", "-a")
+_MODEL_FLAGS = ("--model", "-m")
+_HF_FLAGS = ("--hf-repo", "-hf", "-hfr")
+
+
+def _flag_value(argv: Sequence[str], flags: Sequence[str]) -> str | None:
+    """The value of the last ``FLAG VALUE`` or ``FLAG=VALUE`` in argv (llama.cpp's arg parser
+    lets a later flag win)."""
+    found = None
+    for i, arg in enumerate(argv):
+        for flag in flags:
+            if arg == flag and i + 1 < len(argv):
+                found = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                found = arg[len(flag) + 1 :]
+    return found
+
+
+def name_from_argv(argv: Sequence[str]) -> str | None:
+    """A target name from a llama-server command line, or ``None``.
+
+    In order: ``--alias``/``-a NAME``; the model file of ``--model``/``-m PATH`` without
+    directories and ``.gguf``; the repository of ``--hf-repo``/``-hf OWNER/REPO[:QUANT]``.
+    Characters that cannot appear in a key (blanks, ``/``, ``#``) become ``_``.
+    """
+    args = argv[1:]
+    name = _flag_value(args, _ALIAS_FLAGS)
+    if not name:
+        model = _flag_value(args, _MODEL_FLAGS)
+        if model:
+            name = os.path.basename(model.rstrip("/"))
+            if name.lower().endswith(".gguf"):
+                name = name[: -len(".gguf")]
+    if not name:
+        repo = _flag_value(args, _HF_FLAGS)
+        if repo:
+            name = repo.rstrip("/").rsplit("/", 1)[-1]
+    if not name:
+        return None
+    return _safe_name(name)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[\s/#]", "_", name)
+
+
+def discover(
+    sampler: Sampler,
+    pattern: str = DEFAULT_DISCOVERY_PATTERN,
+    *,
+    proc_root: str | None = None,
+    priority: Priority = Priority.NORMAL,
+    stop: StopMethod | None = None,
+) -> list[Target]:
+    """Running processes whose executable name matches ``pattern``, as targets, by pid.
+
+    The regex is searched (``re.search``) in ``comm`` and in the basename of the executable
+    (Linux ``/proc/PID/exe``; macOS ``ps -o comm``). Note that Linux cuts ``comm`` to 15
+    bytes. Each target is named by :func:`name_from_argv`, else ``comm#pid``; names that occur
+    twice get ``#pid``. Kernel threads, zombies, pid 0/1, this process and its parent are
+    never discovered.
+    """
+    regex = re.compile(pattern)
+    table = _table(sampler, proc_root)
+    found: list[tuple[str, int]] = []
+    for pid in sorted(table.pids()):
+        if _never_target(pid):
+            continue
+        names = table.names(pid)
+        if not any(regex.search(n) for n in names):
+            continue
+        argv = table.argv(pid)
+        if not argv:
+            continue
+        name = name_from_argv(argv)
+        found.append((name or f"{_safe_name(names[0])}#{pid}", pid))
+    found = _with_unique_keys(found)
+    starts = _start_times(sampler, (pid for _, pid in found))
+    return [
+        Target(
+            key=key,
+            pid=pid,
+            start_time=starts[pid],
+            priority=priority,
+            stop=stop if stop is not None else StopMethod(),
+            source=TargetSource.DISCOVERY,
+        )
+        for key, pid in found
+        if pid in starts
+    ]
+
+
+# --- tracking ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TargetChanges:
+    """The result of one :meth:`TargetTracker.refresh`: all targets, and what changed."""
+
+    targets: tuple[Target, ...]
+    added: tuple[Target, ...]
+    removed: tuple[Target, ...]
+
+
+class TargetTracker:
+    """Keeps the managed targets current: configured ones first, then discovered ones.
+
+    A target whose key, identity and settings are unchanged stays the same object across
+    refreshes; a process that exited is removed, and a restarted one is added as a new identity
+    (the old one removed), even under the same key. A discovered process that a spec already
+    names is left to the spec; a discovered key equal to a configured one gets ``#pid``.
+
+    A spec that gives a bare ``pid`` is pinned to the start time first seen for it: if the pid
+    later names another process (pid reuse), that process is not adopted.
+
+    Not thread-safe: the watchdog thread refreshes it and publishes ``targets``.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        specs: Sequence[TargetSpec] = (),
+        *,
+        discover_pattern: str | None = DEFAULT_DISCOVERY_PATTERN,
+        proc_root: str | None = None,
+    ) -> None:
+        self._sampler = sampler
+        self._specs = tuple(specs)
+        self._pattern = discover_pattern
+        self._proc_root = proc_root
+        self._targets: tuple[Target, ...] = ()
+        self._pinned: dict[str, float] = {}
+        self._reuse_logged: set[str] = set()
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """The targets of the latest refresh."""
+        return self._targets
+
+    def refresh(self) -> TargetChanges:
+        """Re-resolve the specs, re-run discovery and report the difference."""
+        configured = self._pin(resolve(self._specs, self._sampler, proc_root=self._proc_root))
+        merged = list(configured)
+        if self._pattern is not None:
+            taken_pids = {t.pid for t in configured}
+            taken_keys = {t.key for t in configured}
+            for t in discover(self._sampler, self._pattern, proc_root=self._proc_root):
+                if t.pid in taken_pids:
+                    continue
+                if t.key in taken_keys:
+                    t = replace(t, key=f"{t.key}#{t.pid}")
+                taken_keys.add(t.key)
+                merged.append(t)
+        previous = set(self._targets)
+        current = set(merged)
+        kept = {t: t for t in self._targets if t in current}
+        targets = tuple(kept.get(t, t) for t in merged)
+        added = tuple(t for t in targets if t not in previous)
+        removed = tuple(t for t in self._targets if t not in current)
+        for t in removed:
+            log.info("event=target_removed key=%s pid=%d source=%s", t.key, t.pid, t.source)
+        for t in added:
+            log.info(
+                "event=target_added key=%s pid=%d start_time=%.2f priority=%s source=%s",
+                t.key, t.pid, t.start_time, t.priority, t.source,
+            )  # fmt: skip
+        self._targets = targets
+        return TargetChanges(targets, added, removed)
+
+    def _pin(self, targets: list[Target]) -> list[Target]:
+        pid_keys = {s.key for s in self._specs if s.pid is not None}
+        out = []
+        for t in targets:
+            if t.key in pid_keys:
+                first = self._pinned.setdefault(t.key, t.start_time)
+                if first != t.start_time:
+                    if t.key not in self._reuse_logged:
+                        log.warning(
+                            "event=target_pid_reused key=%s pid=%d start_time=%.2f pinned=%.2f",
+                            t.key, t.pid, t.start_time, first,
+                        )  # fmt: skip
+                        self._reuse_logged.add(t.key)
+                    continue
+            out.append(t)
+        return out

@@ -1,0 +1,738 @@
+"""The loop: wait (timer | pressure event) -> sample -> assess -> notify -> publish.
+
+One thread owns the loop (STYLE rule 13). A pressure event or ``stop()`` only wakes it; nothing
+else runs a tick. Each tick publishes an immutable :class:`State` by replacing one reference,
+so readers (metrics, HTTP, Kubernetes) never take a lock or wait for the loop (rule 14).
+Listeners run on a separate notifier thread behind a bounded queue: a slow or failing listener
+never delays sampling; a failure is logged and counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import selectors
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from .errors import Error
+from .eviction import EvictionMode, Plan, Planner, SkipReason
+from .level import Level
+from .pressure import Assessment, Classifier
+from .process import StopResult, stop
+from .sampler import ProcessMemory, Sampler, SystemMemory
+from .targets import Target
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EventSource",
+    "EvictionRecord",
+    "HistoryPoint",
+    "Listeners",
+    "RespawnBlocks",
+    "SkipRecord",
+    "State",
+    "TargetLike",
+    "Watchdog",
+]
+
+
+class TargetLike(Protocol):
+    """What the loop needs of a managed target: a stable key and the pid to sample."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def pid(self) -> int: ...
+
+
+class EventSource(Protocol):
+    """A readable fd that signals OS pressure (:class:`metalmem.PressureEvents`)."""
+
+    def fileno(self) -> int: ...
+
+    def read(self) -> Level | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    """One tick, kept in a ring buffer for /memstats and the forecast's readers."""
+
+    timestamp: float
+    level: Level
+    available: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EvictionRecord:
+    """One eviction (or, in dry-run mode, one that would have happened).
+
+    ``reason`` is the signal behind the CRITICAL assessment; ``reclaimed`` is how much
+    ``available`` rose by the end of the settle phase (None while settling or in dry-run).
+    """
+
+    key: str
+    pid: int
+    priority: str
+    reason: str
+    footprint: int | None
+    result: str
+    reclaimed: int | None
+    duration: float
+    timestamp_unix: float
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SkipRecord:
+    """A change of the reason why a wanted eviction did not happen."""
+
+    reason: SkipReason
+    explanation: str
+    timestamp_unix: float
+
+
+class RespawnBlocks:
+    """Keys of evicted targets that must not be respawned, persisted in ``state_dir``.
+
+    A block is set *before* the stop (a controller cannot respawn in between, LLMKube) and
+    cleared once NORMAL has held for the transition period. The file survives an agent
+    restart; the NORMAL-held clock does not (monotonic time), so a restart re-waits one
+    transition period: the conservative choice.
+    """
+
+    FILE = "respawn-blocks.json"
+
+    def __init__(self, state_dir: str | None) -> None:
+        self._path = os.path.join(state_dir, self.FILE) if state_dir else None
+        self._blocked: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        if self._path and os.path.exists(self._path):
+            try:
+                with open(self._path) as f:
+                    doc = json.load(f)
+                self._blocked = {str(k): dict(v) for k, v in doc.get("blocked", {}).items()}
+            except (OSError, ValueError, AttributeError) as exc:
+                log.error("event=state_file_unreadable path=%s error=%r", self._path, exc)
+
+    def keys(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(sorted(self._blocked))
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._blocked
+
+    def block(self, key: str, **info: Any) -> None:
+        with self._lock:
+            self._blocked[key] = {"since_unix": time.time(), **info}
+        self.flush()
+
+    def clear_key(self, key: str) -> None:
+        with self._lock:
+            found = self._blocked.pop(key, None)
+        if found is not None:
+            self.flush()
+
+    def clear(self) -> tuple[str, ...]:
+        with self._lock:
+            cleared = tuple(sorted(self._blocked))
+            self._blocked.clear()
+        if cleared:
+            self.flush()
+        return cleared
+
+    def flush(self) -> None:
+        """Write the file atomically (temp file + rename); a failure is logged, not raised."""
+        if not self._path:
+            return
+        with self._lock:
+            doc = {"version": 1, "blocked": dict(self._blocked)}
+        tmp = f"{self._path}.tmp"
+        try:
+            os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(doc, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path)
+        except OSError as exc:
+            log.error("event=state_file_write_failed path=%s error=%r", self._path, exc)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Settle:
+    key: str
+    baseline: int | None
+    footprint: int | None
+    deadline: float
+    record: EvictionRecord
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class State:
+    """An immutable snapshot of the loop, replaced (never mutated) after every tick.
+
+    ``processes`` maps a target's key to its sample or the error for it; ``heartbeat`` is the
+    monotonic time the loop last completed a tick; ``cpu_seconds`` is the loop thread's own CPU.
+    """
+
+    seq: int
+    system: SystemMemory | None
+    processes: Mapping[str, ProcessMemory | Error | OSError]
+    targets: tuple[TargetLike, ...]
+    assessment: Assessment | None
+    history: tuple[HistoryPoint, ...]
+    counters: Mapping[str, int]
+    heartbeat: float
+    started_at: float
+    interval: float
+    sample_duration: float
+    cpu_seconds: float
+    events: bool
+    mode: EvictionMode = EvictionMode.OBSERVE
+    plan: Plan | None = None
+    blocked: tuple[str, ...] = ()
+    settling: str | None = None
+    evictions: tuple[EvictionRecord, ...] = ()
+    skips: tuple[SkipRecord, ...] = ()
+    eviction_counts: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    skip_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    reclaimed_total: int = 0
+
+
+LevelChange = Callable[[Level, Level, Assessment], None]
+
+
+@dataclasses.dataclass
+class Listeners:
+    """Callbacks, each called on the notifier thread, in registration order."""
+
+    on_sample: list[Callable[[State], None]] = dataclasses.field(default_factory=list)
+    on_assessment: list[Callable[[Assessment], None]] = dataclasses.field(default_factory=list)
+    on_level_change: list[LevelChange] = dataclasses.field(default_factory=list)
+    on_eviction: list[Callable[[EvictionRecord], None]] = dataclasses.field(default_factory=list)
+    on_skip: list[Callable[[SkipRecord], None]] = dataclasses.field(default_factory=list)
+    on_unblock: list[Callable[[tuple[str, ...]], None]] = dataclasses.field(default_factory=list)
+
+
+class _Notifier:
+    """Runs listener calls off the loop thread; a full queue drops its oldest call (counted)."""
+
+    def __init__(self, maxlen: int, on_error: Callable[[], None], on_drop: Callable[[], None]):
+        self._queue: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._maxlen = maxlen
+        self._cond = threading.Condition()
+        self._closed = False
+        self._on_error = on_error
+        self._on_drop = on_drop
+        self._thread = threading.Thread(target=self._run, name="metalmem-notify", daemon=True)
+        self._thread.start()
+
+    def post(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._cond:
+            if len(self._queue) >= self._maxlen:
+                self._queue.popleft()
+                self._on_drop()
+            self._queue.append((fn, args))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                fn, args = self._queue.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                self._on_error()
+                log.exception("event=listener_error listener=%s", getattr(fn, "__name__", fn))
+
+    def close(self, timeout: float) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+
+class Watchdog:
+    """Samples the host and the targets' processes, assesses pressure, tells listeners.
+
+    ``targets`` is a sequence or a callable returning the current managed targets (re-read
+    every tick, so discovery can change it). ``interval`` is the normal wait between ticks;
+    under pressure the wait shortens down to ``min_interval`` (see :meth:`next_wait`).
+    ``events`` (optional) wakes the loop at once when the OS signals pressure; if it fails,
+    the loop logs it once and goes on polling. ``clock`` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        classifier: Classifier,
+        targets: Sequence[TargetLike] | Callable[[], Sequence[TargetLike]] = (),
+        *,
+        interval: float = 2.0,
+        min_interval: float = 0.1,
+        events: EventSource | None = None,
+        history: int = 300,
+        listeners: Listeners | None = None,
+        queue_size: int = 1000,
+        planner: Planner | None = None,
+        state_dir: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval <= 0 or min_interval <= 0 or min_interval > interval:
+            raise ValueError("need 0 < min_interval <= interval")
+        self.sampler = sampler
+        self.classifier = classifier
+        self._targets = targets
+        self.interval = interval
+        self.min_interval = min_interval
+        self.listeners = listeners or Listeners()
+        self._events = events
+        self._clock = clock
+        self._history: collections.deque[HistoryPoint] = collections.deque(maxlen=history)
+        self._counters: dict[str, int] = collections.defaultdict(int)
+        self._counter_lock = threading.Lock()
+        self._queue_size = queue_size
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._thread: threading.Thread | None = None
+        self._notifier: _Notifier | None = None
+        self._last_error: str | None = None
+        self._level = Level.NORMAL
+        self.planner = planner
+        self._blocks = RespawnBlocks(state_dir)
+        self._eviction_times: collections.deque[float] = collections.deque(maxlen=1000)
+        self._evictions: collections.deque[EvictionRecord] = collections.deque(maxlen=20)
+        self._skips: collections.deque[SkipRecord] = collections.deque(maxlen=20)
+        self._eviction_counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._skip_counts: collections.Counter[str] = collections.Counter()
+        self._reclaimed_total = 0
+        self._settle: _Settle | None = None
+        self._last_skip: SkipReason | None = None
+        self._last_dry_run: str | None = None
+        started = clock()
+        self._state = State(
+            seq=0,
+            system=None,
+            processes={},
+            targets=(),
+            assessment=None,
+            history=(),
+            counters={},
+            heartbeat=started,
+            started_at=started,
+            interval=interval,
+            sample_duration=0.0,
+            cpu_seconds=0.0,
+            events=events is not None,
+            mode=self.mode,
+            blocked=self._blocks.keys(),
+        )
+
+    # --- readers ----------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        """The latest snapshot; safe to read from any thread without a lock."""
+        return self._state
+
+    @property
+    def mode(self) -> EvictionMode:
+        """observe (no planner, or the policy says so), dry-run or enforce."""
+        return self.planner.policy.mode if self.planner is not None else EvictionMode.OBSERVE
+
+    def is_blocked(self, key: str) -> bool:
+        """Whether ``key`` was evicted and must not be respawned yet (for host agents)."""
+        return key in self._blocks
+
+    @property
+    def heartbeat(self) -> float:
+        """Monotonic time of the last completed tick (the start time before the first)."""
+        return self._state.heartbeat
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._counter_lock:
+            self._counters[name] += n
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the loop thread (and the notifier thread)."""
+        if self._thread is not None:
+            raise RuntimeError("Watchdog already started")
+        self._notifier = _Notifier(
+            self._queue_size,
+            on_error=lambda: self._count("listener_errors"),
+            on_drop=lambda: self._count("listener_drops"),
+        )
+        self._thread = threading.Thread(target=self._run, name="metalmem-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop the loop; returns within ``timeout`` seconds (a tick in flight completes)."""
+        self._stop.set()
+        with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
+            os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._notifier is not None:
+            self._notifier.close(timeout)
+        if self._thread is None or not self._thread.is_alive():
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> Watchdog:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the loop ---------------------------------------------------------------------------
+    def next_wait(self, assessment: Assessment | None) -> float:
+        """How long to wait before the next tick: shorter as headroom shrinks.
+
+        NORMAL waits ``interval``; WARNING a quarter of it; CRITICAL ``min_interval``. A
+        forecast of exhaustion within ten intervals also shortens the wait to a tenth of the
+        forecast (earlyoom's sleep_time_ms idea with a measured slope instead of a guessed fill
+        rate). Always clamped to [min_interval, interval].
+        """
+        if assessment is None:
+            return self.interval
+        wait = {Level.NORMAL: self.interval, Level.WARNING: self.interval / 4}.get(
+            assessment.level, self.min_interval
+        )
+        forecast = assessment.forecast_seconds
+        if forecast is not None and forecast < 10 * self.interval:
+            wait = min(wait, forecast / 10)
+        return max(self.min_interval, min(self.interval, wait))
+
+    def _current_targets(self) -> tuple[TargetLike, ...]:
+        t = self._targets
+        return tuple(t() if callable(t) else t)
+
+    def tick(self) -> State:
+        """Run one sample -> assess -> publish step on the calling thread; returns the State.
+
+        The loop thread calls this; tests and benchmarks may call it directly on a Watchdog
+        that was not started.
+        """
+        t0 = time.perf_counter()
+        now = self._clock()
+        try:
+            system = self.sampler.system()
+            targets = self._current_targets()
+            by_pid = self.sampler.processes(t.pid for t in targets) if targets else {}
+        except (Error, OSError) as exc:
+            self._count("sample_errors")
+            cause = f"{type(exc).__name__}: {exc}"
+            if cause != self._last_error:
+                log.warning("event=sample_failed error=%r", cause)
+                self._last_error = cause
+            self._publish_heartbeat(now)
+            return self._state
+        if self._last_error is not None:
+            log.info("event=sample_recovered")
+            self._last_error = None
+        assessment = self.classifier.assess(system, now)
+        processes = {t.key: by_pid[t.pid] for t in targets}
+        plan = None
+        if self.planner is not None:
+            plan = self._plan_and_act(assessment, system, processes, targets, now)
+        self._history.append(HistoryPoint(now, assessment.level, system.available))
+        old = self._level
+        self._level = assessment.level
+        self._count("ticks")
+        duration = time.perf_counter() - t0
+        with self._counter_lock:
+            counters = dict(self._counters)
+        state = State(
+            seq=self._state.seq + 1,
+            system=system,
+            processes=processes,
+            targets=targets,
+            assessment=assessment,
+            history=tuple(self._history),
+            counters=counters,
+            heartbeat=now,
+            started_at=self._state.started_at,
+            interval=self.next_wait(assessment),
+            sample_duration=duration,
+            cpu_seconds=time.thread_time(),
+            events=self._events is not None,
+            mode=self.mode,
+            plan=plan,
+            blocked=self._blocks.keys(),
+            settling=self._settle.key if self._settle is not None else None,
+            evictions=tuple(self._evictions),
+            skips=tuple(self._skips),
+            eviction_counts=dict(self._eviction_counts),
+            skip_counts=dict(self._skip_counts),
+            reclaimed_total=self._reclaimed_total,
+        )
+        self._state = state
+        self._notify(state, assessment, old)
+        return state
+
+    # --- eviction ---------------------------------------------------------------------------
+    def _plan_and_act(
+        self,
+        assessment: Assessment,
+        system: SystemMemory,
+        processes: Mapping[str, ProcessMemory | Error | OSError],
+        targets: Sequence[TargetLike],
+        now: float,
+    ) -> Plan | None:
+        """Settle, unblock, plan; then act on at most one victim (kubelet: one per pass)."""
+        assert self.planner is not None
+        managed = [t for t in targets if isinstance(t, Target)]
+        self._check_settle(system, now)
+        self._check_unblock(assessment, now)
+        if assessment.level != Level.CRITICAL:
+            # Nothing to plan below CRITICAL; ranking costs ~40 us at 16 targets (measured).
+            self._last_skip = None
+            self._last_dry_run = None
+            return None
+        plan = self.planner.plan(
+            assessment,
+            system,
+            processes,
+            managed,
+            now,
+            evictions=tuple(self._eviction_times),
+            settling=self._settle is not None,
+        )
+        wanted = assessment.level == Level.CRITICAL
+        if not plan.victims:
+            self._last_dry_run = None
+            if not wanted or plan.skip_reason is None:
+                self._last_skip = None
+            elif plan.skip_reason != self._last_skip:
+                self._record_skip(plan)
+            return plan
+        self._last_skip = None
+        victim = plan.victims[0]
+        if self.mode == EvictionMode.DRY_RUN:
+            if victim.key != self._last_dry_run:
+                self._last_dry_run = victim.key
+                self._record_dry_run(victim, plan, assessment, processes)
+            return plan
+        # Check again before acting (earlyoom): choosing took time and memory may be back.
+        fresh = self.sampler.system()
+        recheck = self.planner.plan(
+            assessment, fresh, processes, managed, now, evictions=tuple(self._eviction_times)
+        )
+        if not recheck.victims:
+            log.info("event=evict_cancelled reason=recovered_before_acting")
+            return recheck
+        self._evict(recheck.victims[0], assessment, fresh, processes)
+        return recheck
+
+    def _footprint(
+        self, key: str, processes: Mapping[str, ProcessMemory | Error | OSError]
+    ) -> int | None:
+        p = processes.get(key)
+        return p.footprint if isinstance(p, ProcessMemory) else None
+
+    def _record_skip(self, plan: Plan) -> None:
+        assert plan.skip_reason is not None
+        self._last_skip = plan.skip_reason
+        self._skip_counts[plan.skip_reason.value] += 1
+        rec = SkipRecord(plan.skip_reason, plan.explanation, time.time())
+        self._skips.append(rec)
+        log.warning("event=eviction_skipped reason=%s detail=%r", rec.reason, rec.explanation)
+        self._post_all(self.listeners.on_skip, rec)
+
+    def _record_dry_run(
+        self,
+        victim: Target,
+        plan: Plan,
+        assessment: Assessment,
+        processes: Mapping[str, ProcessMemory | Error | OSError],
+    ) -> None:
+        reason = assessment.top_reason.signal.value if assessment.top_reason else "-"
+        rec = EvictionRecord(
+            victim.key,
+            victim.pid,
+            victim.priority.value,
+            reason,
+            self._footprint(victim.key, processes),
+            "dry-run",
+            None,
+            0.0,
+            time.time(),
+            plan.explanation,
+        )
+        self._eviction_counts[(reason, "dry-run")] += 1
+        self._evictions.append(rec)
+        log.warning(
+            "event=would_evict key=%s pid=%d detail=%r", victim.key, victim.pid, plan.explanation
+        )
+        self._post_all(self.listeners.on_eviction, rec)
+
+    def _evict(
+        self,
+        victim: Target,
+        assessment: Assessment,
+        system: SystemMemory,
+        processes: Mapping[str, ProcessMemory | Error | OSError],
+    ) -> None:
+        footprint = self._footprint(victim.key, processes)
+        reason = assessment.top_reason.signal.value if assessment.top_reason else "-"
+        # Block first, so nothing can respawn it while it stops (LLMKube sets it before too).
+        self._blocks.block(victim.key, pid=victim.pid, footprint=footprint, reason=reason)
+        self._publish_heartbeat(self._clock())  # a stop may take the whole grace period
+        log.warning(
+            "event=evict key=%s pid=%d priority=%s footprint=%s reason=%s",
+            victim.key,
+            victim.pid,
+            victim.priority.value,
+            footprint,
+            reason,
+        )
+        result = stop(victim, sampler=self.sampler)
+        now = self._clock()
+        if result.result in (StopResult.DENIED, StopResult.ALREADY_GONE):
+            self._blocks.clear_key(victim.key)
+        else:
+            self._eviction_times.append(now)
+        rec = EvictionRecord(
+            victim.key,
+            victim.pid,
+            victim.priority.value,
+            reason,
+            footprint,
+            result.result.value,
+            None,
+            result.duration,
+            time.time(),
+            result.message,
+        )
+        self._eviction_counts[(reason, rec.result)] += 1
+        if result.result.is_success:
+            policy = self.planner.policy if self.planner is not None else None
+            timeout = policy.settle_timeout if policy is not None else 0.0
+            self._settle = _Settle(victim.key, system.available, footprint, now + timeout, rec)
+        else:
+            self._evictions.append(rec)
+            self._post_all(self.listeners.on_eviction, rec)
+
+    def _check_settle(self, system: SystemMemory, now: float) -> None:
+        """End the settle phase once memory came back (a share of the footprint) or timed out."""
+        settle = self._settle
+        if settle is None:
+            return
+        share = self.planner.policy.settle_share if self.planner is not None else 0.5
+        rose = None
+        if settle.baseline is not None and system.available is not None:
+            rose = max(0, system.available - settle.baseline)
+        back = (
+            rose is not None and settle.footprint is not None and rose >= share * settle.footprint
+        )
+        if not back and now < settle.deadline:
+            return
+        rec = dataclasses.replace(settle.record, reclaimed=rose)
+        self._reclaimed_total += rose or 0
+        self._settle = None
+        self._evictions.append(rec)
+        log.info("event=settled key=%s reclaimed=%s in_time=%s", rec.key, rose, back)
+        self._post_all(self.listeners.on_eviction, rec)
+
+    def _check_unblock(self, assessment: Assessment, now: float) -> None:
+        if self._settle is not None or not self._blocks.keys():
+            return
+        held = now - assessment.since
+        if assessment.level == Level.NORMAL and held >= self.classifier.policy.transition_period:
+            cleared = self._blocks.clear()
+            log.info("event=respawn_unblocked keys=%s normal_for=%.1fs", ",".join(cleared), held)
+            self._post_all(self.listeners.on_unblock, cleared)
+
+    def _post_all(self, fns: Sequence[Callable[..., None]], *args: Any) -> None:
+        post = self._notifier.post if self._notifier is not None else self._call_now
+        for fn in fns:
+            post(fn, *args)
+
+    def _publish_heartbeat(self, now: float) -> None:
+        with self._counter_lock:
+            counters = dict(self._counters)
+        self._state = dataclasses.replace(self._state, heartbeat=now, counters=counters)
+
+    def _notify(self, state: State, assessment: Assessment, old: Level) -> None:
+        post = self._notifier.post if self._notifier is not None else self._call_now
+        for fn in self.listeners.on_sample:
+            post(fn, state)
+        for fn2 in self.listeners.on_assessment:
+            post(fn2, assessment)
+        if assessment.level != old:
+            log.info(
+                "event=level_change old=%s new=%s reason=%s",
+                old.name,
+                assessment.level.name,
+                assessment.top_reason.message if assessment.top_reason else "-",
+            )
+            for fn3 in self.listeners.on_level_change:
+                post(fn3, old, assessment.level, assessment)
+
+    def _call_now(self, fn: Callable[..., None], *args: Any) -> None:
+        """Listener call for a Watchdog driven by direct tick() calls (no notifier thread)."""
+        try:
+            fn(*args)
+        except Exception:
+            self._count("listener_errors")
+            log.exception("event=listener_error listener=%s", getattr(fn, "__name__", fn))
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        if self._events is not None:
+            try:
+                sel.register(self._events.fileno(), selectors.EVENT_READ, "events")
+            except (OSError, ValueError) as exc:
+                log.warning("event=pressure_events_unavailable error=%r fallback=polling", exc)
+                self._events = None
+        try:
+            while not self._stop.is_set():
+                state = self.tick()
+                deadline = self._clock() + state.interval
+                while not self._stop.is_set():
+                    remaining = deadline - self._clock()
+                    if remaining <= 0:
+                        break
+                    ready = sel.select(remaining)
+                    if any(key.data == "events" for key, _ in ready) and self._on_event(sel):
+                        break
+        finally:
+            sel.close()
+
+    def _on_event(self, sel: selectors.BaseSelector) -> bool:
+        """Drain the pressure source; True when the loop should tick now."""
+        assert self._events is not None
+        try:
+            level = self._events.read()
+        except OSError as exc:
+            log.warning("event=pressure_events_lost error=%r fallback=polling", exc)
+            sel.unregister(self._events.fileno())
+            self._events = None
+            return False
+        if level is None:
+            return False
+        self._count("pressure_events")
+        log.debug("event=pressure_event level=%s", level.name)
+        return True
