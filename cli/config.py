@@ -1,0 +1,198 @@
+"""The agent's TOML config file: ``[pressure]``, ``[eviction]``, ``[[target]]``, ``[discovery]``.
+
+Only ``cli/`` reads config files (STYLE rule 2): this module reads one and maps it, in one
+function, into the library's frozen, validated objects. Every error is a :class:`ConfigError`
+whose message names the file, the key and, where it can be found, the line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from metalmem.eviction import EvictionPolicy
+from metalmem.pressure import PressurePolicy, parse_duration
+from metalmem.targets import TargetSpec, parse_size, parse_target_specs
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
+
+_PRESSURE_DURATIONS = {
+    "forecast_window",
+    "soft_grace",
+    "transition_period",
+    "warning_forecast",
+    "critical_forecast",
+}
+_PRESSURE_RATES = {
+    "warning_swapout_rate",
+    "critical_swapout_rate",
+    "warning_pageout_rate",
+    "critical_pageout_rate",
+}
+_EVICTION_DURATIONS = {"grace", "cooldown", "window", "settle_timeout"}
+_EVICTION_SIZES = {"min_reclaim"}
+_DISCOVERY_KEYS = {"pattern", "enabled"}
+_TOP_KEYS = {"pressure", "eviction", "target", "discovery"}
+
+
+class ConfigError(ValueError):
+    """An unreadable or invalid config file; the message is one line for the operator."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a config file says, validated."""
+
+    pressure: PressurePolicy
+    eviction: EvictionPolicy
+    targets: tuple[TargetSpec, ...]
+    discover: str | None
+
+
+def _line_of(text: str, key: str, after: int = 0) -> int | None:
+    """The first line past ``after`` that assigns ``key`` (or opens ``[key]``), 1-based."""
+    pattern = re.compile(rf"^\s*(\[+\s*{re.escape(key)}\s*\]+|\"?{re.escape(key)}\"?\s*=)")
+    for number, line in enumerate(text.splitlines(), 1):
+        if number > after and pattern.match(line):
+            return number
+    return None
+
+
+def _where(path: str, text: str, key: str) -> str:
+    line = _line_of(text, key)
+    return f"{path}:{line}" if line is not None else path
+
+
+def _section(doc: Mapping[str, Any], name: str, path: str, text: str) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{_where(path, text, name)}: [{name}] must be a table")
+    return dict(value)
+
+
+def _convert(
+    table: dict[str, Any],
+    durations: set[str],
+    sizes: set[str],
+    section: str,
+    fields: set[str],
+    path: str,
+    text: str,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        where = _where(path, text, key)
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key {section}.{key}")
+        try:
+            if key in durations and isinstance(value, str):
+                value = parse_duration(value)
+            elif key in sizes and isinstance(value, str):
+                value = parse_size(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {section}.{key}: {exc}") from None
+        out[key] = value
+    return out
+
+
+def _target_durations(table: Any) -> Any:
+    """``grace = "5s"`` in a [[target]] table, as seconds (other values pass through)."""
+    if isinstance(table, dict) and isinstance(table.get("grace"), str):
+        try:
+            return {**table, "grace": parse_duration(table["grace"])}
+        except ValueError:
+            return table  # parse_target_specs names the key and the bad value
+    return table
+
+
+def _target_key(message: str) -> str:
+    """The key a parse_target_specs error names ("target[i]: key: ..." or "unknown key 'k'")."""
+    quoted = re.search(r"unknown key '([^']+)'", message)
+    if quoted:
+        return quoted.group(1)
+    parts = message.split(":")
+    return parts[1].strip() if len(parts) >= 3 else "target"
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    """Validate the text of a config file; raises :class:`ConfigError`."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for key in doc:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"{_where(path, text, key)}: unknown key {key}")
+    pressure_fields = {f.name for f in dataclasses.fields(PressurePolicy)}
+    eviction_fields = {f.name for f in dataclasses.fields(EvictionPolicy)}
+    p = _convert(
+        _section(doc, "pressure", path, text),
+        _PRESSURE_DURATIONS,
+        _PRESSURE_RATES,
+        "pressure",
+        pressure_fields,
+        path,
+        text,
+    )
+    e = _convert(
+        _section(doc, "eviction", path, text),
+        _EVICTION_DURATIONS,
+        _EVICTION_SIZES,
+        "eviction",
+        eviction_fields,
+        path,
+        text,
+    )
+    d = _section(doc, "discovery", path, text)
+    for key in d:
+        if key not in _DISCOVERY_KEYS:
+            raise ConfigError(f"{_where(path, text, key)}: unknown key discovery.{key}")
+    if "hard_signals" in p:
+        p["hard_signals"] = frozenset(p["hard_signals"])
+    try:
+        pressure = PressurePolicy(**p)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: [pressure]: {exc}") from None
+    try:
+        eviction = EvictionPolicy(**e)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: [eviction]: {exc}") from None
+    tables = doc.get("target", [])
+    if not isinstance(tables, list):
+        raise ConfigError(f"{_where(path, text, 'target')}: target must be [[target]] tables")
+    tables = [_target_durations(t) for t in tables]
+    try:
+        specs = parse_target_specs(tables)
+    except ValueError as exc:
+        message = str(exc)
+        index = re.match(r"target\[(\d+)\]", message)
+        headers = [
+            n
+            for n, line in enumerate(text.splitlines(), 1)
+            if re.match(r"^\s*\[\[\s*target\s*\]\]", line)
+        ]
+        start = headers[int(index.group(1))] if index and int(index.group(1)) < len(headers) else 0
+        line = _line_of(text, _target_key(message), start)
+        raise ConfigError(f"{path}:{line}: {message}" if line else f"{path}: {message}") from None
+    pattern = d.get("pattern") if d.get("enabled", True) else None
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise ConfigError(
+                f"{_where(path, text, 'pattern')}: discovery.pattern: {exc}"
+            ) from None
+    return Config(pressure, eviction, tuple(specs), pattern)
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a config file; raises :class:`ConfigError` (unreadable or invalid)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse_config(text, path)
