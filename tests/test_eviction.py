@@ -41,6 +41,8 @@ from metalmem.eviction import (
     compare_candidates,
 )
 
+from . import samples
+
 GiB = 2**30
 MiB = 2**20
 TOTAL = 10**10  # 0.2 * TOTAL is exact in floating point
@@ -55,28 +57,9 @@ ENFORCE = EvictionPolicy(mode=EvictionMode.ENFORCE)
 def system(
     available: int | None = AVAILABLE, total: int | None = TOTAL, **fields: Any
 ) -> SystemMemory:
-    base: dict[str, Any] = {
-        "total": total,
-        "available": available,
-        "free": available,
-        "wired": 10**8,
-        "compressed": 0,
-        "swap_total": 0,
-        "swap_used": 0,
-        "pageouts": 0,
-        "swapouts": 0,
-        "oom_kills": 0,
-        "os_level": None,
-        "psi": None,
-        "gpu_limit": None,
-        "gpu_used": None,
-        "scope": "host",
-        "timestamp": NOW,
-        "counters_timestamp": NOW,
-        "limited": False,
-    }
-    base.update(fields)
-    return SystemMemory(**base)
+    return samples.host(
+        NOW, **{"total": total, "available": available, "free": available, **fields}
+    )
 
 
 # A real classifier's verdict on a host at 5 % available: hard CRITICAL, actionable at once.

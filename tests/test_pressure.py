@@ -26,6 +26,8 @@ from metalmem import (
 )
 from metalmem.pressure import SIGNAL_TABLE
 
+from . import samples
+
 TOTAL = 10**10  # fractions of it are exact: 0.2 * TOTAL reads back as 0.2
 MiB = 1024 * 1024
 NORMAL, WARNING, CRITICAL = Level.NORMAL, Level.WARNING, Level.CRITICAL
@@ -33,28 +35,7 @@ NORMAL, WARNING, CRITICAL = Level.NORMAL, Level.WARNING, Level.CRITICAL
 
 def sample(t: float = 0.0, **fields: Any) -> SystemMemory:
     """A calm Linux-like host at time ``t``; keyword arguments override fields."""
-    base: dict[str, Any] = {
-        "total": TOTAL,
-        "available": TOTAL // 2,
-        "free": TOTAL // 4,
-        "wired": 10**8,
-        "compressed": 0,
-        "swap_total": 0,
-        "swap_used": 0,
-        "pageouts": 0,
-        "swapouts": 0,
-        "oom_kills": 0,
-        "os_level": None,
-        "psi": None,
-        "gpu_limit": None,
-        "gpu_used": None,
-        "scope": "host",
-        "timestamp": t,
-        "counters_timestamp": t,
-        "limited": False,
-    }
-    base.update(fields)
-    return SystemMemory(**base)
+    return samples.host(t, **fields)
 
 
 def psi(some: float | None = 0.0, full: float | None = 0.0) -> PSI:

@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +35,6 @@ from .helpers import (
 )
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="signals real children; Linux")
-
-
-@pytest.fixture(scope="module")
-def sampler() -> Iterator[Sampler]:
-    with Sampler() as s:
-        yield s
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    with Children() as c:
-        yield c
 
 
 @pytest.fixture(params=["pidfd", "start_time"])

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,6 @@ from metalmem.targets import (
 from .helpers import Child, Children, can_choose_pids, reap, spawn_child_at_pid
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc of real children")
-
-
-@pytest.fixture(scope="module")
-def sampler() -> Iterator[Sampler]:
-    with Sampler() as s:
-        yield s
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    with Children() as c:
-        yield c
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -40,18 +39,6 @@ QUIET = {
 class _Target:
     key: str
     pid: int
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    with Children() as c:
-        yield c
-
-
-@pytest.fixture
-def sampler() -> Iterator[metalmem.Sampler]:
-    with metalmem.Sampler() as s:
-        yield s
 
 
 class _Pipe:
@@ -143,7 +130,7 @@ def test_pressure_event_wakes_the_loop_at_once(sampler: metalmem.Sampler) -> Non
             source.fire(Level.WARNING)
             wait_for(lambda: len(ticks) >= 2, timeout=2, what="tick after the event")
         assert ticks[1] - fired < 0.05, f"woke after {ticks[1] - fired:.3f} s"
-        assert dog.state.counters.get("pressure_events", 0) >= 1 or dog.state.seq >= 2
+        assert dog.state.counters.get("pressure_events", 0) == 1
     finally:
         source.close()
 

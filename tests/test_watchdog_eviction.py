@@ -6,7 +6,7 @@ import pathlib
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -22,18 +22,6 @@ from .test_watchdog import QUIET
 
 MiB = 1 << 20
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux signals and /proc")
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    with Children() as c:
-        yield c
-
-
-@pytest.fixture
-def sampler() -> Iterator[metalmem.Sampler]:
-    with metalmem.Sampler() as s:
-        yield s
 
 
 def _target(
@@ -80,6 +68,25 @@ def _eviction(mode: EvictionMode, **kw: float) -> EvictionPolicy:
     return EvictionPolicy(mode=mode, **base)  # type: ignore[arg-type]
 
 
+def _dog(
+    sampler: metalmem.Sampler,
+    pressure: PressurePolicy,
+    targets: list[Target],
+    mode: EvictionMode,
+    **kwargs: Any,
+) -> Watchdog:
+    """A watchdog ticking every 50 ms that plans with ``_eviction(mode)``."""
+    return Watchdog(
+        sampler,
+        Classifier(pressure, interval=0.05),
+        targets,
+        interval=0.05,
+        min_interval=0.05,
+        planner=Planner(_eviction(mode), pressure),
+        **kwargs,
+    )
+
+
 def _signalled(c: Child) -> list[int]:
     return c.signals()
 
@@ -99,13 +106,11 @@ def test_the_unprotected_batch_child_goes_first_and_alone(
     ]
     pressure = _critical_now(sampler)
     records: list[EvictionRecord] = []
-    dog = Watchdog(
+    dog = _dog(
         sampler,
-        Classifier(pressure, interval=0.05),
+        pressure,
         targets,
-        interval=0.05,
-        min_interval=0.05,
-        planner=Planner(_eviction(EvictionMode.ENFORCE), pressure),
+        EvictionMode.ENFORCE,
         state_dir=str(tmp_path / "state"),
         listeners=Listeners(on_eviction=[records.append]),
     )
@@ -132,13 +137,8 @@ def test_floor_keeps_the_last_target(
 ) -> None:
     only = children.spawn(allocate_mib=16, signal_log=tmp_path / "only")
     pressure = _critical_now(sampler)
-    dog = Watchdog(
-        sampler,
-        Classifier(pressure, interval=0.05),
-        [_target(sampler, only, "only", Priority.BATCH)],
-        interval=0.05,
-        min_interval=0.05,
-        planner=Planner(_eviction(EvictionMode.ENFORCE), pressure),
+    dog = _dog(
+        sampler, pressure, [_target(sampler, only, "only", Priority.BATCH)], EvictionMode.ENFORCE
     )
     with dog:
         wait_for(lambda: dog.state.skip_counts.get("floor"), timeout=5, what="floor skip")
@@ -157,13 +157,11 @@ def test_a_child_ignoring_sigterm_is_killed_and_counted_as_success(
     ]
     pressure = _critical_now(sampler)
     records: list[EvictionRecord] = []
-    dog = Watchdog(
+    dog = _dog(
         sampler,
-        Classifier(pressure, interval=0.05),
+        pressure,
         targets,
-        interval=0.05,
-        min_interval=0.05,
-        planner=Planner(_eviction(EvictionMode.ENFORCE), pressure),
+        EvictionMode.ENFORCE,
         listeners=Listeners(on_eviction=[records.append]),
     )
     with dog:
@@ -183,14 +181,7 @@ def test_dry_run_and_observe_send_no_signal(
     b = children.spawn(allocate_mib=16, signal_log=tmp_path / "b")
     targets = [_target(sampler, a, "a", Priority.BATCH), _target(sampler, b, "b", Priority.HIGH)]
     pressure = _critical_now(sampler)
-    dog = Watchdog(
-        sampler,
-        Classifier(pressure, interval=0.05),
-        targets,
-        interval=0.05,
-        min_interval=0.05,
-        planner=Planner(_eviction(mode), pressure),
-    )
+    dog = _dog(sampler, pressure, targets, mode)
     with dog:
         if mode == EvictionMode.DRY_RUN:
             wait_for(lambda: dog.state.evictions, timeout=5, what="a would-evict record")
@@ -215,15 +206,7 @@ def test_respawn_block_survives_a_restart_and_clears_after_normal_holds(
         _target(sampler, keeper, "k", Priority.HIGH),
     ]
     pressure = _critical_now(sampler)
-    first = Watchdog(
-        sampler,
-        Classifier(pressure, interval=0.05),
-        targets,
-        interval=0.05,
-        min_interval=0.05,
-        state_dir=state_dir,
-        planner=Planner(_eviction(EvictionMode.ENFORCE), pressure),
-    )
+    first = _dog(sampler, pressure, targets, EvictionMode.ENFORCE, state_dir=state_dir)
     with first:
         wait_for(lambda: first.state.evictions, timeout=10, what="the eviction")
     assert first.is_blocked("v")
@@ -231,14 +214,12 @@ def test_respawn_block_survives_a_restart_and_clears_after_normal_holds(
     # period (0.5 s) before the block clears; until then it is still in force.
     calm = PressurePolicy(transition_period=0.5, **QUIET)  # type: ignore[arg-type]
     unblocked: list[tuple[str, ...]] = []
-    second = Watchdog(
+    second = _dog(
         sampler,
-        Classifier(calm, interval=0.05),
+        calm,
         [targets[1]],
-        interval=0.05,
-        min_interval=0.05,
+        EvictionMode.ENFORCE,
         state_dir=state_dir,
-        planner=Planner(_eviction(EvictionMode.ENFORCE), calm),
         listeners=Listeners(on_unblock=[unblocked.append]),
     )
     assert second.is_blocked("v") and second.state.blocked == ("v",)
@@ -294,13 +275,11 @@ def test_real_pressure_in_a_cgroup_evicts_before_the_oom_killer(
                 warning_available=0.35, critical_available=0.25, soft_grace=0.0, **QUIET
             )  # type: ignore[arg-type]
             records: list[EvictionRecord] = []
-            dog = Watchdog(
+            dog = _dog(
                 s,
-                Classifier(pressure, interval=0.05),
+                pressure,
                 targets,
-                interval=0.05,
-                min_interval=0.05,
-                planner=Planner(_eviction(EvictionMode.ENFORCE), pressure),
+                EvictionMode.ENFORCE,
                 listeners=Listeners(on_eviction=[records.append]),
             )
             with dog:
