@@ -335,3 +335,12 @@ def replay(
         return
     for text in render_timeline(entries, every_tick=every_tick):
         click.echo(text)
+
+
+# --- commands in their own modules ---------------------------------------------------------------
+# Imported last: they use the helpers above, and `main` stays the one entry point.
+from .agent import run  # noqa: E402
+from .doctor import doctor  # noqa: E402
+
+main.add_command(run)
+main.add_command(doctor)

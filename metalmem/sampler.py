@@ -126,6 +126,9 @@ _SYS = struct.Struct("@13Q4d2Q2i2d16Q")
 # The part every platform fills; macOS page counters follow it (unpacked only on macOS).
 _SYS_HEAD = struct.Struct("@13Q4d2Q2i2d")
 _SYS_HEAD_LEN = 23
+# Records are built with tuple.__new__ on the hot paths: the generated NamedTuple __new__
+# costs an extra Python frame per record.
+_new = tuple.__new__
 _PROC = struct.Struct("@2id6Q2dQ2i")
 # A complete item straight into ProcessMemory's fields: err and the trailing have/call skipped.
 _PROC_FAST = struct.Struct("@i4xd6Q2d16x")
@@ -152,6 +155,7 @@ _H_GPU_LIMIT = lib.MM_HAVE_GPU_LIMIT
 _H_GPU_USED = lib.MM_HAVE_GPU_USED
 _H_OOM = lib.MM_HAVE_OOM_KILLS
 _H_VM_PAGES = lib.MM_HAVE_VM_PAGES
+_mm_system = lib.mm_system
 _H_VM_EVENTS = lib.MM_HAVE_VM_EVENTS
 _H_LIMIT = lib.MM_HAVE_LIMIT
 
@@ -286,7 +290,7 @@ def system_from_raw(raw: tuple[Any, ...], scope: str) -> SystemMemory:
             have |= _H_TOTAL
     psi = None
     if have & _H_PSI_BOTH == _H_PSI_BOTH:
-        psi = PSI(s10, s60, f10, f60, s_total / 1e6, f_total / 1e6)
+        psi = _new(PSI, (s10, s60, f10, f60, s_total / 1e6, f_total / 1e6))
     elif have & _H_PSI_BOTH:
         some, full = have & _H_PSI_SOME, have & _H_PSI_FULL
         psi = PSI(
@@ -298,26 +302,30 @@ def system_from_raw(raw: tuple[Any, ...], scope: str) -> SystemMemory:
             f_total / 1e6 if full else None,
         )
     has_swap = have & _H_SWAP
-    # Inline conditionals, not _opt(): this runs on every tick (measured ~0.5 us saved).
-    return SystemMemory(
-        total if have & _H_TOTAL else None,
-        available if have & _H_AVAILABLE else None,
-        free if have & _H_FREE else None,
-        wired if have & _H_WIRED else None,
-        compressed if have & _H_COMPRESSED else None,
-        swap_total if has_swap else None,
-        swap_used if has_swap else None,
-        pageouts if have & _H_PAGEOUTS else None,
-        swapouts if have & _H_SWAPOUTS else None,
-        oom_kills if have & _H_OOM else None,
-        os_lvl,
-        psi,
-        gpu_limit if have & _H_GPU_LIMIT else None,
-        gpu_used if have & _H_GPU_USED else None,
-        scope,
-        sampled_at,
-        slow_at if slow_at > 0 else None,
-        bool(have & _H_LIMIT),
+    # Inline conditionals, not _opt(), and tuple.__new__ rather than the NamedTuple's own
+    # constructor: this runs on every tick (measured 0.5 us and 0.13 us saved).
+    return _new(
+        SystemMemory,
+        (
+            total if have & _H_TOTAL else None,
+            available if have & _H_AVAILABLE else None,
+            free if have & _H_FREE else None,
+            wired if have & _H_WIRED else None,
+            compressed if have & _H_COMPRESSED else None,
+            swap_total if has_swap else None,
+            swap_used if has_swap else None,
+            pageouts if have & _H_PAGEOUTS else None,
+            swapouts if have & _H_SWAPOUTS else None,
+            oom_kills if have & _H_OOM else None,
+            os_lvl,
+            psi,
+            gpu_limit if have & _H_GPU_LIMIT else None,
+            gpu_used if have & _H_GPU_USED else None,
+            scope,
+            sampled_at,
+            slow_at if slow_at > 0 else None,
+            bool(have & _H_LIMIT),
+        ),
     )
 
 
@@ -398,6 +406,7 @@ class Sampler:
         self.root = root
         self.scope = scope
         self._handle = ffi.NULL
+        self._closed = True
         err = ffi.new("struct mm_error *")
         out = ffi.new("mm_handle **")
         c_scope = b"" if scope == "host" else os.fsencode(scope)
@@ -405,6 +414,7 @@ class Sampler:
         if rc != 0:
             raise _raise_for(err.err, f"{_call_name(err.call)} under {root!r} scope {scope!r}")
         self._handle = out[0]
+        self._closed = False
         self._sys = ffi.new("struct mm_system *")
         self._sys_buf = ffi.buffer(self._sys)
         self._err = err
@@ -423,6 +433,7 @@ class Sampler:
     def close(self) -> None:
         """Release every fd and handle; idempotent."""
         if self._handle != ffi.NULL:
+            self._closed = True
             lib.mm_close(self._handle)
             self._handle = ffi.NULL
 
@@ -430,7 +441,7 @@ class Sampler:
         self.close()
 
     def _live(self) -> Any:
-        if self._handle == ffi.NULL:
+        if self._closed:
             raise ValueError("Sampler is closed")
         return self._handle
 
@@ -448,11 +459,14 @@ class Sampler:
 
     def system(self) -> SystemMemory:
         """Sample the host (or the scope). Cheap: two preads on Linux, a few sysctls on macOS."""
-        if lib.mm_system(self._live(), self._sys, self._err) != 0:
+        if self._closed:
+            raise ValueError("Sampler is closed")
+        if _mm_system(self._handle, self._sys, self._err):
             raise _raise_for(self._err.err, _call_name(self._err.call))
-        if self._sys.have & _H_VM_PAGES:
-            return system_from_raw(_SYS.unpack_from(self._sys_buf), self.scope)
-        return system_from_raw(_SYS_HEAD.unpack_from(self._sys_buf), self.scope)
+        raw = _SYS_HEAD.unpack_from(self._sys_buf)
+        if raw[0] & _H_VM_PAGES:
+            raw = _SYS.unpack_from(self._sys_buf)
+        return system_from_raw(raw, self.scope)
 
     def processes(self, pids: Iterable[int]) -> dict[int, ProcessMemory | Error | OSError]:
         """Sample many processes in one native call.

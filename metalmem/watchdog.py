@@ -25,7 +25,7 @@ from .errors import Error
 from .eviction import EvictionMode, Plan, Planner, SkipReason
 from .level import Level
 from .pressure import Assessment, Classifier
-from .process import StopResult, stop
+from .process import StopRecord, StopResult, stop
 from .sampler import ProcessMemory, Sampler, SystemMemory
 from .targets import Target
 
@@ -213,6 +213,14 @@ class State:
 
 LevelChange = Callable[[Level, Level, Assessment], None]
 
+# How a victim is stopped: the signal path by default; the Kubernetes reporter substitutes one
+# that suspends through the owning object first (metalmem.kube).
+Stopper = Callable[[Target, Sampler], StopRecord]
+
+
+def _signal_stop(target: Target, sampler: Sampler) -> StopRecord:
+    return stop(target, sampler=sampler)
+
 
 @dataclasses.dataclass
 class Listeners:
@@ -277,7 +285,8 @@ class Watchdog:
     every tick, so discovery can change it). ``interval`` is the normal wait between ticks;
     under pressure the wait shortens down to ``min_interval`` (see :meth:`next_wait`).
     ``events`` (optional) wakes the loop at once when the OS signals pressure; if it fails,
-    the loop logs it once and goes on polling. ``clock`` is injectable for tests.
+    the loop logs it once and goes on polling. ``stopper`` stops a victim (default:
+    :func:`metalmem.process.stop`). ``clock`` is injectable for tests.
     """
 
     def __init__(
@@ -294,6 +303,7 @@ class Watchdog:
         queue_size: int = 1000,
         planner: Planner | None = None,
         state_dir: str | None = None,
+        stopper: Stopper | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if interval <= 0 or min_interval <= 0 or min_interval > interval:
@@ -317,6 +327,7 @@ class Watchdog:
         self._last_error: str | None = None
         self._level = Level.NORMAL
         self.planner = planner
+        self._stopper: Stopper = stopper or _signal_stop
         self._blocks = RespawnBlocks(state_dir)
         self._eviction_times: collections.deque[float] = collections.deque(maxlen=1000)
         self._evictions: collections.deque[EvictionRecord] = collections.deque(maxlen=20)
@@ -607,7 +618,7 @@ class Watchdog:
             footprint,
             reason,
         )
-        result = stop(victim, sampler=self.sampler)
+        result = self._stopper(victim, self.sampler)
         now = self._clock()
         if result.result in (StopResult.DENIED, StopResult.ALREADY_GONE):
             self._blocks.clear_key(victim.key)

@@ -260,9 +260,11 @@ def test_stop_result_success_and_gone(result: StopResult, is_success: bool, is_g
 def test_wait_for_reclaim_sees_a_stopped_childs_memory_come_back(
     children: Children, sampler: Sampler
 ) -> None:
-    child = children.spawn(allocate_mib=256)
+    # Host-wide `available` also moves with everything else running here (other tests' children,
+    # page cache): a large child keeps that noise well under the half-footprint asked for.
+    child = children.spawn(allocate_mib=768)
     footprint = sampler.process(child.pid).footprint
-    assert footprint is not None and footprint >= 256 << 20
+    assert footprint is not None and footprint >= 768 << 20
     baseline = sampler.system().available
     assert baseline is not None
     assert stop(target_of(child, sampler), sampler=sampler).result is StopResult.TERMINATED
