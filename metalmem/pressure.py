@@ -627,6 +627,13 @@ class Classifier:
         self._points: deque[tuple[float, int]] = deque()
         self.reset()
 
+    def set_policy(self, policy: PressurePolicy) -> None:
+        """Swap the thresholds in place (a config reload). The level, its timers and the
+        history stay: a reload must not turn a held CRITICAL into a fresh NORMAL."""
+        self.policy = policy
+        self._rules = _resolve(policy)
+        self._step = policy.forecast_window / _FORECAST_POINTS
+
     def reset(self) -> None:
         """Forget every sample: the next assessment starts from NORMAL with no history."""
         self._level = Level.NORMAL

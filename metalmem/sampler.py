@@ -9,11 +9,12 @@ benchmarks/). A field the platform or the kernel cannot provide is ``None``, nev
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import os
 import struct
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from .errors import AccessDenied, Error, NoSuchProcess, Unsupported
@@ -158,6 +159,20 @@ _H_VM_PAGES = lib.MM_HAVE_VM_PAGES
 _mm_system = lib.mm_system
 _H_VM_EVENTS = lib.MM_HAVE_VM_EVENTS
 _H_LIMIT = lib.MM_HAVE_LIMIT
+# A Linux host sample with every meminfo, vmstat and PSI field (GPU bits aside): the fast path.
+_H_LINUX_FAST = (
+    lib.MM_HAVE_TOTAL
+    | lib.MM_HAVE_AVAILABLE
+    | lib.MM_HAVE_FREE
+    | lib.MM_HAVE_WIRED
+    | lib.MM_HAVE_COMPRESSED
+    | lib.MM_HAVE_SWAP
+    | lib.MM_HAVE_PAGEOUTS
+    | lib.MM_HAVE_SWAPOUTS
+    | lib.MM_HAVE_OOM_KILLS
+    | lib.MM_HAVE_PSI_SOME
+    | lib.MM_HAVE_PSI_FULL
+)
 
 _P_RSS = lib.MM_PHAVE_RSS
 _P_FOOTPRINT = lib.MM_PHAVE_FOOTPRINT
@@ -166,7 +181,8 @@ _P_SWAP = lib.MM_PHAVE_SWAP
 _P_PEAK = lib.MM_PHAVE_PEAK
 _P_START = lib.MM_PHAVE_START
 _P_ANON = lib.MM_PHAVE_ANON
-_make_process = ProcessMemory._make
+# partial(tuple.__new__) rather than ProcessMemory._make: no length check, 20 % less per record.
+_make_process = functools.partial(_new, ProcessMemory)
 
 # macOS kern.memorystatus_vm_pressure_level (reference/macos-memory.md §2.1).
 _DARWIN_LEVELS = {1: Level.NORMAL, 2: Level.WARNING, 4: Level.CRITICAL}
@@ -422,6 +438,9 @@ class Sampler:
         self._c_pids: Any = None
         self._c_procs: Any = None
         self._procs_buf: Any = None
+        # The hot path, bound to this handle: see _bind_system. close() removes it, and the
+        # class's system() (which checks for a closed sampler) is found again.
+        self.system = self._bind_system()  # type: ignore[method-assign]
 
     # The context-manager and close protocol of files.
     def __enter__(self) -> Sampler:
@@ -434,6 +453,7 @@ class Sampler:
         """Release every fd and handle; idempotent."""
         if self._handle != ffi.NULL:
             self._closed = True
+            self.__dict__.pop("system", None)
             lib.mm_close(self._handle)
             self._handle = ffi.NULL
 
@@ -467,6 +487,55 @@ class Sampler:
         if raw[0] & _H_VM_PAGES:
             raw = _SYS.unpack_from(self._sys_buf)
         return system_from_raw(raw, self.scope)
+
+    def _bind_system(self) -> Callable[[], SystemMemory]:
+        """:meth:`system` as a closure over this handle, with a fast path for the usual Linux
+        host sample (every meminfo and PSI field present, no cgroup limit, GPU or not).
+
+        The issue's budget is 1.5x a raw C pread of the same files, and the generic path's
+        attribute loads and 18 presence tests cost more than that leaves (measured: 3.45 us
+        generic vs 3.10 us here, C call alone 2.2 us). The fast path builds exactly what
+        :func:`system_from_raw` builds for those bit masks (a test compares both).
+        """
+        mm_system, handle, out, err, buf = (
+            _mm_system,
+            self._handle,
+            self._sys,
+            self._err,
+            self._sys_buf,
+        )
+        unpack, scope, new, sm, psi = _SYS_HEAD.unpack_from, self.scope, _new, SystemMemory, PSI
+        fast, vm_pages, gpu_limit, gpu_used = _H_LINUX_FAST, _H_VM_PAGES, _H_GPU_LIMIT, _H_GPU_USED
+        gpu_bits = gpu_limit | gpu_used
+
+        def system() -> SystemMemory:
+            if mm_system(handle, out, err):
+                raise _raise_for(err.err, _call_name(err.call))
+            raw = unpack(buf)
+            have = raw[0]
+            if have & ~gpu_bits == fast:
+                return new(
+                    sm,
+                    (
+                        *raw[1:11],
+                        None,
+                        new(
+                            psi, (raw[13], raw[14], raw[15], raw[16], raw[17] / 1e6, raw[18] / 1e6)
+                        ),
+                        raw[11] if have & gpu_limit else None,
+                        raw[12] if have & gpu_used else None,
+                        scope,
+                        raw[21],
+                        raw[22] if raw[22] > 0 else None,
+                        False,
+                    ),
+                )
+            if have & vm_pages:
+                raw = _SYS.unpack_from(buf)
+            return system_from_raw(raw, scope)
+
+        system.__doc__ = Sampler.system.__doc__
+        return system
 
     def processes(self, pids: Iterable[int]) -> dict[int, ProcessMemory | Error | OSError]:
         """Sample many processes in one native call.

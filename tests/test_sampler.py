@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -210,3 +211,23 @@ def test_snapshot_table_and_bad_scope_exit_code() -> None:
     assert bad.returncode == 2
     assert bad.stdout == ""
     assert "--scope" in bad.stderr
+
+
+@pytest.mark.parametrize("tree", ["rest", "pressure"])
+def test_the_fast_path_builds_exactly_what_the_generic_path_builds(tree: str) -> None:
+    # A recorded tree does not change between the two calls, so only the clocks may differ.
+    root = pathlib.Path(__file__).parent / "fixtures" / "proc" / tree
+    with metalmem.Sampler(root=str(root)) as s:
+        fast = s.system()
+        generic = metalmem.Sampler.system(s)  # the class's method: the generic path
+    assert fast.psi is not None and fast.total is not None
+    assert fast._replace(timestamp=0.0, counters_timestamp=0.0) == generic._replace(
+        timestamp=0.0, counters_timestamp=0.0
+    )
+
+
+def test_a_closed_sampler_refuses_to_sample() -> None:
+    s = metalmem.Sampler()
+    s.close()
+    with pytest.raises(ValueError, match="closed"):
+        s.system()
