@@ -17,8 +17,9 @@ $(STAMP): $(PY) pyproject.toml setup.py csrc/metalmem.h csrc/linux.c csrc/darwin
 
 install: $(STAMP)
 
+# The agent in observe mode on this host: metrics on 127.0.0.1:9438, nothing is ever stopped.
 run: $(STAMP)
-	$(VENV)/bin/metalmem-agent snapshot
+	$(VENV)/bin/metalmem-agent run
 
 lint: $(STAMP)
 	$(PY) -m ruff check metalmem cli tests benchmarks csrc/build_ffi.py

@@ -35,7 +35,20 @@ _PRESSURE_RATES = {
 _EVICTION_DURATIONS = {"grace", "cooldown", "window", "settle_timeout"}
 _EVICTION_SIZES = {"min_reclaim"}
 _DISCOVERY_KEYS = {"pattern", "enabled"}
-_TOP_KEYS = {"pressure", "eviction", "target", "discovery"}
+# [agent] and [kube]: the run command's own settings (flag > environment > file > default).
+# Values stay as the file gives them; cli/agent.py validates them with the flags' own types,
+# so a value means the same in every place it can be set.
+AGENT_KEYS = frozenset(
+    {"interval", "listen", "scope", "state_dir", "record", "log_format", "log_level"}
+)
+KUBE_KEYS = frozenset({"enabled", "kubeconfig", "context", "namespace", "resource", "node_name"})
+_TOP_KEYS = {"pressure", "eviction", "target", "discovery", "agent", "kube"}
+
+
+# PressurePolicy thresholds that may be None (signal off): `key = false` in the file.
+_OPTIONAL_THRESHOLDS = frozenset(
+    f.name for f in dataclasses.fields(PressurePolicy) if "None" in str(f.type)
+)
 
 
 class ConfigError(ValueError):
@@ -50,6 +63,13 @@ class Config:
     eviction: EvictionPolicy
     targets: tuple[TargetSpec, ...]
     discover: str | None
+    agent: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    kube: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Which keys the file set, as "section.key": the agent lets flags and the environment
+    # override only what they name, and the file override only defaults.
+    given: frozenset[str] = frozenset()
+    path: str | None = None
+    where: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _line_of(text: str, key: str, after: int = 0) -> int | None:
@@ -87,6 +107,9 @@ def _convert(
         where = _where(path, text, key)
         if key not in fields:
             raise ConfigError(f"{where}: unknown key {section}.{key}")
+        if value is False and key in _OPTIONAL_THRESHOLDS:
+            out[key] = None  # `= false` turns an optional signal off (TOML has no null)
+            continue
         try:
             if key in durations and isinstance(value, str):
                 value = parse_duration(value)
@@ -177,6 +200,21 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         start = headers[int(index.group(1))] if index and int(index.group(1)) < len(headers) else 0
         line = _line_of(text, _target_key(message), start)
         raise ConfigError(f"{path}:{line}: {message}" if line else f"{path}: {message}") from None
+    extra: dict[str, dict[str, Any]] = {}
+    where: dict[str, str] = {}
+    for name, keys in (("agent", AGENT_KEYS), ("kube", KUBE_KEYS)):
+        table = _section(doc, name, path, text)
+        for key in table:
+            if key not in keys:
+                raise ConfigError(f"{_where(path, text, key)}: unknown key {name}.{key}")
+            where[f"{name}.{key}"] = _where(path, text, key)
+        extra[name] = table
+    given = {
+        f"{name}.{key}"
+        for name in ("pressure", "eviction", "discovery")
+        for key in _section(doc, name, path, text)
+    }
+    given |= {f"{name}.{key}" for name, table in extra.items() for key in table}
     pattern = d.get("pattern") if d.get("enabled", True) else None
     if pattern is not None:
         try:
@@ -185,7 +223,17 @@ def parse_config(text: str, path: str = "<config>") -> Config:
             raise ConfigError(
                 f"{_where(path, text, 'pattern')}: discovery.pattern: {exc}"
             ) from None
-    return Config(pressure, eviction, tuple(specs), pattern)
+    return Config(
+        pressure,
+        eviction,
+        tuple(specs),
+        pattern,
+        agent=extra["agent"],
+        kube=extra["kube"],
+        given=frozenset(given),
+        path=path,
+        where=where,
+    )
 
 
 def load_config(path: str) -> Config:

@@ -16,21 +16,9 @@ import click
 import metalmem
 from metalmem.sampler import as_dict
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DurationType, human_bytes
 
-
-def human_bytes(value: int | None) -> str:
-    """Render bytes for people (binary units); ``-`` for unknown."""
-    if value is None:
-        return "-"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "DurationType", "human_bytes", "main"]
 
 
 class AgentGroup(click.Group):
@@ -133,27 +121,6 @@ def run_main() -> None:  # pragma: no cover - console entry for `python -m metal
 
 
 # --- record / replay (issue 4) -----------------------------------------------------------------
-
-
-class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
-    """A duration option (``500ms``, ``2s``, ``1.5m``, plain seconds) read by
-    :func:`metalmem.parse_duration`; ``minimum`` is exclusive (an interval must be > 0)."""
-
-    name = "duration"
-
-    def __init__(self, minimum: float | None = 0.0) -> None:
-        self.minimum = minimum
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, float):
-            return value
-        try:
-            seconds = metalmem.parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        if self.minimum is not None and seconds <= self.minimum:
-            self.fail(f"{value!r} must be longer than {self.minimum:g}s", param, ctx)
-        return seconds
 
 
 class _StopOnSignal:
@@ -339,8 +306,10 @@ def replay(
 
 # --- commands in their own modules ---------------------------------------------------------------
 # Imported last: they use the helpers above, and `main` stays the one entry point.
-from .agent import run  # noqa: E402
+from .agent import explain, run, status  # noqa: E402
 from .doctor import doctor  # noqa: E402
 
 main.add_command(run)
+main.add_command(status)
+main.add_command(explain)
 main.add_command(doctor)

@@ -1,14 +1,57 @@
-"""Prometheus Collector over the watchdog's latest state (filled in by the agent issue).
+"""Prometheus Collector over the watchdog's latest state (STYLE rules 14 and 18).
 
-``AgentStats`` holds the few counters that live outside the watchdog (config reloads, the
-Kubernetes reporter's writes and drops); components that own them increment them here and
-the collector reads them at scrape time.
+The collector owns no state about memory: at every scrape it reads the one :class:`State`
+reference the watchdog published and builds fresh metric families from it, so nothing stale
+survives and no work runs on the watchdog thread (client_python's ``ProcessCollector``
+pattern). The only accumulators here are the few that cannot be rebuilt from a snapshot:
+
+- :class:`AgentStats`: counters of the agent around the watchdog (config reloads, the
+  Kubernetes reporter's writes and drops); their owners increment them, the collector reads them;
+- :class:`SampleDurations`: the histogram of tick durations, fed from ``Listeners.on_sample``.
+
+Names follow node_exporter: ``metalmem_`` prefix, base units (bytes, seconds), counters end in
+``_total``. Labels never carry pids: a per-target series is labelled by the target's key
+(``namespace/name``) split in two, with the ``#pid`` suffix that discovery adds to duplicate
+names removed; targets that then share labels are summed. Every family is always exposed (HELP
+and TYPE); a value the platform cannot provide (``None``) is a family without that sample,
+never a 0.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
+import math
+import re
 import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import cast
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import CollectorRegistry
+
+from .eviction import EvictionMode, SkipReason
+from .level import Level
+from .pressure import SIGNAL_TABLE, Derived
+from .sampler import ProcessMemory
+from .watchdog import State
+
+__all__ = [
+    "METRIC_NAMES",
+    "SAMPLE_DURATION_BUCKETS",
+    "AgentStats",
+    "MetalmemCollector",
+    "SampleDurations",
+    "make_registry",
+    "target_labels",
+]
 
 
 class AgentStats:
@@ -45,3 +88,372 @@ class AgentStats:
                 "kube_writes": dict(self._kube_writes),
                 "kube_dropped": self._kube_dropped,
             }
+
+
+# Tick durations: ~20-60 us for a host sample plus 16 targets on Linux (benchmarks/), up to
+# whole seconds when a tick carries a stop and its grace period; 1-2.5-5 steps cover both.
+SAMPLE_DURATION_BUCKETS: tuple[float, ...] = (
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4,
+    1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+
+
+class SampleDurations:
+    """A thread-safe histogram of tick durations in seconds (fixed buckets, 1 us to 1 s).
+
+    The watchdog measures each tick (``State.sample_duration``) but keeps only the latest; a
+    histogram needs every one, so the agent feeds :meth:`on_sample` from
+    ``Listeners.on_sample``. A tick whose listener call was dropped (full notifier queue,
+    counted as ``listener_drops``) is missing here too.
+    """
+
+    __slots__ = ("_counts", "_lock", "_sum", "buckets")
+
+    def __init__(self, buckets: tuple[float, ...] = SAMPLE_DURATION_BUCKETS) -> None:
+        if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
+            raise ValueError(f"buckets must be increasing and > 0, got {buckets!r}")
+        self.buckets = tuple(float(b) for b in buckets)
+        self._counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        """Count one duration; a negative or non-finite value is ignored (a clock bug, not a
+        sample)."""
+        if not math.isfinite(seconds) or seconds < 0:
+            return
+        i = bisect.bisect_left(self.buckets, seconds)  # le: a value on a bound counts there
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += seconds
+
+    def on_sample(self, state: State) -> None:
+        """``Listeners.on_sample`` callback: observe the tick's duration."""
+        self.observe(state.sample_duration)
+
+    def snapshot(self) -> tuple[list[tuple[str, int]], float, int]:
+        """``(cumulative buckets as (le, count) with +Inf last, sum, count)``, consistent."""
+        with self._lock:
+            counts = list(self._counts)
+            total = self._sum
+        out = []
+        running = 0
+        for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == math.inf else repr(bound), running))
+        return out, total, running
+
+
+# --- the families ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    """One exported family: its exposed name (counters with ``_total``), type, help, labels."""
+
+    name: str
+    kind: str  # gauge | counter | histogram
+    doc: str
+    labels: tuple[str, ...] = ()
+    unit: str = ""
+
+    def empty(self) -> Metric:
+        base = self.name.removesuffix("_total") if self.kind == "counter" else self.name
+        if self.kind == "counter":
+            return CounterMetricFamily(base, self.doc, labels=self.labels, unit=self.unit)
+        if self.kind == "histogram":
+            return HistogramMetricFamily(base, self.doc, labels=self.labels, unit=self.unit)
+        return GaugeMetricFamily(base, self.doc, labels=self.labels, unit=self.unit)
+
+
+_TARGET = ("target", "namespace")
+
+# SystemMemory field -> family; each is omitted while the field is None.
+_SYSTEM_GAUGES: tuple[tuple[str, _Family], ...] = (
+    ("total", _Family("metalmem_memory_total_bytes", "gauge",
+                      "Memory of the scope (host RAM, or a cgroup's limit).", unit="bytes")),
+    ("available", _Family("metalmem_memory_available_bytes", "gauge",
+                          "Memory available to new allocations without swapping.", unit="bytes")),
+    ("wired", _Family("metalmem_memory_wired_bytes", "gauge",
+                      "Wired memory (macOS wired; Linux Unevictable).", unit="bytes")),
+    ("compressed", _Family("metalmem_memory_compressed_bytes", "gauge",
+                           "Memory held by the compressor (macOS) or zswap (Linux).",
+                           unit="bytes")),
+    ("swap_total", _Family("metalmem_swap_total_bytes", "gauge", "Swap space.", unit="bytes")),
+    ("swap_used", _Family("metalmem_swap_used_bytes", "gauge", "Swap in use.", unit="bytes")),
+    ("gpu_limit", _Family("metalmem_gpu_limit_bytes", "gauge",
+                          "Memory the GPU may use (Metal working-set limit, NVML total).",
+                          unit="bytes")),
+    ("gpu_used", _Family("metalmem_gpu_used_bytes", "gauge", "GPU memory in use.",
+                         unit="bytes")),
+)  # fmt: skip
+
+_OOM_KILLS = _Family(
+    "metalmem_oom_kills_total", "counter", "OOM kills the kernel reports for the scope."
+)
+_LEVEL = _Family(
+    "metalmem_pressure_level", "gauge", "Reported pressure: 0 normal, 1 warning, 2 critical."
+)
+_STATE = _Family(
+    "metalmem_pressure_state", "gauge", "1 for the reported pressure level, 0 for the others.",
+    ("level",),
+)  # fmt: skip
+_SIGNAL = _Family(
+    "metalmem_pressure_signal", "gauge",
+    "Each pressure signal's current value in its own unit (fraction, percent, bytes per "
+    "second, seconds, level number); absent while unknown.",
+    ("signal",),
+)  # fmt: skip
+_FOOTPRINT = _Family(
+    "metalmem_process_footprint_bytes", "gauge",
+    "Footprint of a managed target's process (macOS phys_footprint, Linux anon + swap).",
+    _TARGET, "bytes",
+)  # fmt: skip
+_RSS = _Family(
+    "metalmem_process_rss_bytes", "gauge", "Resident memory of a managed target's process.",
+    _TARGET, "bytes",
+)  # fmt: skip
+_TARGETS = _Family("metalmem_targets", "gauge", "Managed targets in the latest tick.")
+_BLOCKED = _Family("metalmem_targets_blocked", "gauge", "Evicted targets blocked from respawn.")
+_MODE = _Family(
+    "metalmem_eviction_mode", "gauge", "1 for the eviction mode in force, 0 for the others.",
+    ("mode",),
+)  # fmt: skip
+_EVICTIONS = _Family(
+    "metalmem_evictions_total", "counter",
+    "Evictions by the signal behind them and how the stop ended (dry-run included).",
+    ("reason", "result"),
+)  # fmt: skip
+_SKIPPED = _Family(
+    "metalmem_evictions_skipped_total", "counter",
+    "Wanted evictions that did not happen, by reason (counted once per change of reason).",
+    ("reason",),
+)  # fmt: skip
+_RECLAIMED = _Family(
+    "metalmem_reclaimed_bytes_total", "counter",
+    "Available memory regained after evictions, measured at the end of each settle phase.",
+    unit="bytes",
+)  # fmt: skip
+_DURATION = _Family(
+    "metalmem_sample_duration_seconds", "histogram",
+    "Duration of a watchdog tick: sample, assess, plan (and any stop it carries).",
+    unit="seconds",
+)  # fmt: skip
+_LAST_SAMPLE = _Family(
+    "metalmem_last_sample_timestamp_seconds", "gauge",
+    "Unix time of the latest successful sample.", unit="seconds",
+)  # fmt: skip
+_HEARTBEAT_AGE = _Family(
+    "metalmem_watchdog_heartbeat_age_seconds", "gauge",
+    "Seconds since the watchdog last completed a tick (healthz fails at 3x the interval).",
+    unit="seconds",
+)  # fmt: skip
+# State.counters key -> family; exported as 0 until the watchdog counts the first one.
+_WATCHDOG_COUNTERS: tuple[tuple[str, _Family], ...] = (
+    ("ticks", _Family("metalmem_ticks_total", "counter", "Watchdog ticks completed.")),
+    ("sample_errors", _Family("metalmem_sample_errors_total", "counter",
+                              "Ticks whose sample failed (the previous state stays).")),
+    ("pressure_events", _Family("metalmem_pressure_events_total", "counter",
+                                "OS pressure notifications that woke the loop.")),
+    ("listener_errors", _Family("metalmem_listener_errors_total", "counter",
+                                "Listener callbacks that raised.")),
+    ("listener_drops", _Family("metalmem_listener_drops_total", "counter",
+                               "Listener calls dropped because the notifier queue was full.")),
+)  # fmt: skip
+_RELOADS = _Family(
+    "metalmem_config_reloads_total", "counter", "Config reloads by result (success, failure).",
+    ("result",),
+)  # fmt: skip
+_KUBE_WRITES = _Family(
+    "metalmem_kube_writes_total", "counter", "Kubernetes API writes by kind and result.",
+    ("kind", "result"),
+)  # fmt: skip
+_KUBE_DROPPED = _Family(
+    "metalmem_kube_dropped_total", "counter",
+    "Kubernetes writes dropped because the reporter's queue was full.",
+)  # fmt: skip
+_BUILD = _Family(
+    "metalmem_build_info", "gauge", "Always 1; the labels name the agent's version and platform.",
+    ("version", "platform"),
+)  # fmt: skip
+
+_FAMILIES: tuple[_Family, ...] = (
+    *(f for _, f in _SYSTEM_GAUGES),
+    _OOM_KILLS,
+    _LEVEL,
+    _STATE,
+    _SIGNAL,
+    _FOOTPRINT,
+    _RSS,
+    _TARGETS,
+    _BLOCKED,
+    _MODE,
+    _EVICTIONS,
+    _SKIPPED,
+    _RECLAIMED,
+    _DURATION,
+    _LAST_SAMPLE,
+    _HEARTBEAT_AGE,
+    *(f for _, f in _WATCHDOG_COUNTERS),
+    _RELOADS,
+    _KUBE_WRITES,
+    _KUBE_DROPPED,
+    _BUILD,
+)
+
+METRIC_NAMES: tuple[str, ...] = tuple(f.name for f in _FAMILIES)
+"""Every family the collector can export, as the text format names it (counters with
+``_total``; a histogram by its base name)."""
+
+_RELOAD_RESULTS = ("success", "failure")
+_PID_SUFFIX = re.compile(r"#\d+$")
+
+
+def target_labels(key: str) -> tuple[str, str]:
+    """``(target, namespace)`` labels of a target key: ``ns/name`` -> ``("name", "ns")``,
+    ``name`` -> ``("name", "")``; discovery's ``#pid`` suffix is dropped (no pids in labels)."""
+    key = _PID_SUFFIX.sub("", key)
+    namespace, _, name = key.rpartition("/")
+    return name, namespace
+
+
+class MetalmemCollector:
+    """A prometheus-client Collector over the watchdog's latest :class:`State`.
+
+    ``state`` returns the current snapshot (``lambda: watchdog.state``); it is read once per
+    scrape, so every family of one scrape describes the same tick. ``stats`` and
+    ``durations`` are optional: their families are left out when not given. ``clock`` must be
+    the watchdog's (``time.monotonic`` unless a test injects one): heartbeat and sample ages
+    are measured on it. ``describe()`` is implemented, so registering collects nothing.
+    """
+
+    def __init__(
+        self,
+        state: Callable[[], State],
+        *,
+        stats: AgentStats | None = None,
+        durations: SampleDurations | None = None,
+        version: str,
+        platform: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._state = state
+        self._stats = stats
+        self._durations = durations
+        self._version = version
+        self._platform = platform
+        self._clock = clock
+
+    def describe(self) -> Iterator[Metric]:
+        """Every family, without samples (names only: the registry checks for duplicates)."""
+        for family in _FAMILIES:
+            yield family.empty()
+
+    def collect(self) -> Iterator[Metric]:
+        """Fresh families from the latest State (and the stats), built on the scraping thread.
+
+        Every family of :data:`METRIC_NAMES` is always exposed (its HELP and TYPE), so a
+        scraper can tell "unknown here" (a family without samples) from a missing exporter.
+        """
+        state = self._state()
+        now = self._clock()
+        out: dict[str, Metric] = {f.name: f.empty() for f in _FAMILIES}
+        self._system(out, state, now)
+        self._pressure(out, state)
+        self._processes(out, state)
+        self._eviction(out, state)
+        self._agent(out, state, now)
+        yield from out.values()
+
+    def _system(self, out: dict[str, Metric], state: State, now: float) -> None:
+        system = state.system
+        if system is None:
+            return
+        for field, family in _SYSTEM_GAUGES:
+            _add(out, family, (), getattr(system, field))
+        _add(out, _OOM_KILLS, (), system.oom_kills)
+        # The sample's monotonic time turned into wall time through the clock's age of it.
+        _add(out, _LAST_SAMPLE, (), time.time() - (now - system.timestamp))
+
+    def _pressure(self, out: dict[str, Metric], state: State) -> None:
+        a = state.assessment
+        if a is None:
+            return
+        _add(out, _LEVEL, (), int(a.level))
+        for lvl in Level:
+            _add(out, _STATE, (lvl.name.lower(),), 1 if lvl == a.level else 0)
+        if state.system is not None:
+            derived = Derived(a.swapout_rate, a.pageout_rate, a.forecast_seconds)
+            for spec in SIGNAL_TABLE:
+                _add(out, _SIGNAL, (spec.signal.value,), spec.observe(state.system, derived))
+
+    def _processes(self, out: dict[str, Metric], state: State) -> None:
+        footprint: dict[tuple[str, str], int] = {}
+        rss: dict[tuple[str, str], int] = {}
+        for key, sample in state.processes.items():
+            if not isinstance(sample, ProcessMemory):
+                continue  # the error is in /memstats; an absent series is the honest value
+            labels = target_labels(key)
+            if sample.footprint is not None:
+                footprint[labels] = footprint.get(labels, 0) + sample.footprint
+            if sample.rss is not None:
+                rss[labels] = rss.get(labels, 0) + sample.rss
+        for family, values in ((_FOOTPRINT, footprint), (_RSS, rss)):
+            for labels, value in sorted(values.items()):
+                _add(out, family, labels, value)
+        _add(out, _TARGETS, (), len(state.targets))
+        _add(out, _BLOCKED, (), len(state.blocked))
+
+    def _eviction(self, out: dict[str, Metric], state: State) -> None:
+        for m in EvictionMode:
+            _add(out, _MODE, (m.value,), 1 if m == state.mode else 0)
+        for (reason, result), n in sorted(state.eviction_counts.items()):
+            _add(out, _EVICTIONS, (reason, result), n)
+        # Every skip reason from the start: a known label set lets rate() see the first one.
+        known = {r.value for r in SkipReason}
+        for reason in sorted(known | set(state.skip_counts)):
+            _add(out, _SKIPPED, (reason,), state.skip_counts.get(reason, 0))
+        _add(out, _RECLAIMED, (), state.reclaimed_total)
+
+    def _agent(self, out: dict[str, Metric], state: State, now: float) -> None:
+        if self._durations is not None:
+            buckets, total, _count = self._durations.snapshot()
+            hist = out[_DURATION.name]
+            assert isinstance(hist, HistogramMetricFamily)
+            hist.add_metric([], buckets, total)
+        _add(out, _HEARTBEAT_AGE, (), now - state.heartbeat)
+        for key, family in _WATCHDOG_COUNTERS:
+            _add(out, family, (), state.counters.get(key, 0))
+        if self._stats is not None:
+            snap = self._stats.snapshot()
+            reloads = cast(dict[str, int], snap["reloads"])
+            writes = cast(dict[tuple[str, str], int], snap["kube_writes"])
+            for result in sorted(set(_RELOAD_RESULTS) | set(reloads)):
+                _add(out, _RELOADS, (result,), reloads.get(result, 0))
+            for (kind, result), n in sorted(writes.items()):
+                _add(out, _KUBE_WRITES, (kind, result), n)
+            _add(out, _KUBE_DROPPED, (), cast(int, snap["kube_dropped"]))
+        _add(out, _BUILD, (self._version, self._platform), 1)
+
+
+def _add(
+    out: dict[str, Metric], family: _Family, labels: tuple[str, ...], value: float | None
+) -> None:
+    """One sample into ``family``'s fresh metric; ``None`` (or NaN, inf) adds nothing."""
+    if value is None or not math.isfinite(value):
+        return
+    metric = out[family.name]
+    assert isinstance(metric, GaugeMetricFamily | CounterMetricFamily)
+    metric.add_metric(list(labels), value)
+
+
+def make_registry(collector: MetalmemCollector) -> CollectorRegistry:
+    """A fresh registry holding only ``collector``.
+
+    No process/platform/GC collectors: the agent's own RSS and CPU are better read from the
+    service manager (and ``process_*`` would read /proc again on every scrape, an allocation
+    and open/close per series the agent does not need for its job).
+    """
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(collector)
+    return registry

@@ -25,7 +25,7 @@ from .errors import Error
 from .eviction import EvictionMode, Plan, Planner, SkipReason
 from .level import Level
 from .pressure import Assessment, Classifier
-from .process import StopRecord, StopResult, stop
+from .process import DEFAULT_KILL_TIMEOUT, StopRecord, StopResult, stop
 from .sampler import ProcessMemory, Sampler, SystemMemory
 from .targets import Target
 
@@ -209,6 +209,9 @@ class State:
     eviction_counts: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     skip_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
     reclaimed_total: int = 0
+    busy_until: float | None = None
+    """While a stop is in flight: the latest monotonic time it can end (grace + SIGKILL wait).
+    The loop publishes no heartbeat meanwhile; health checks allow for it."""
 
 
 LevelChange = Callable[[Level, Level, Assessment], None]
@@ -609,7 +612,13 @@ class Watchdog:
         reason = assessment.top_reason.signal.value if assessment.top_reason else "-"
         # Block first, so nothing can respawn it while it stops (LLMKube sets it before too).
         self._blocks.block(victim.key, pid=victim.pid, footprint=footprint, reason=reason)
-        self._publish_heartbeat(self._clock())  # a stop may take the whole grace period
+        # A stop may take the whole grace period: say until when, so /healthz does not read
+        # the quiet loop as a stalled one (a liveness probe would kill us mid-eviction).
+        now = self._clock()
+        self._publish_heartbeat(now)
+        self._state = dataclasses.replace(
+            self._state, busy_until=now + victim.stop.grace + DEFAULT_KILL_TIMEOUT
+        )
         log.warning(
             "event=evict key=%s pid=%d priority=%s footprint=%s reason=%s",
             victim.key,

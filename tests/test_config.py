@@ -74,3 +74,20 @@ def test_an_unreadable_file_is_a_config_error(tmp_path: pathlib.Path) -> None:
     bad.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(str(bad))
+
+
+def test_false_turns_an_optional_signal_off_and_required_keys_refuse_it() -> None:
+    c = parse_config("[pressure]\nwarning_psi_some_pct = false\ncritical_forecast = false\n")
+    assert c.pressure.warning_psi_some_pct is None and c.pressure.critical_forecast is None
+    with pytest.raises(ConfigError, match="warning_available"):
+        parse_config("[pressure]\nwarning_available = false\n")
+
+
+def test_agent_and_kube_sections_are_kept_with_their_lines() -> None:
+    text = '[agent]\ninterval = "5s"\n\n[kube]\nenabled = true\n'
+    c = parse_config(text, "a.toml")
+    assert c.agent == {"interval": "5s"} and c.kube == {"enabled": True}
+    assert c.given == {"agent.interval", "kube.enabled"}
+    assert c.where["kube.enabled"] == "a.toml:5"
+    with pytest.raises(ConfigError, match=r"a.toml:2: unknown key agent.intervl"):
+        parse_config('[agent]\nintervl = "5s"\n', "a.toml")

@@ -762,3 +762,16 @@ def test_after_safe_values_the_level_is_normal_within_the_transition_period(
             break
         i += 1
         t += safe_dts[i % len(safe_dts)]
+
+
+def test_set_policy_swaps_thresholds_and_keeps_the_level() -> None:
+    clf = Classifier(PressurePolicy(transition_period=30.0), interval=1.0)
+    # 15 % available: WARNING under the default 20 %.
+    assert clf.assess(sample(0.0, available=15 * 10**8), now=0.0).level is WARNING
+    clf.set_policy(PressurePolicy(warning_available=0.10, critical_available=0.05))
+    # 15 % no longer votes WARNING, but a reload is not a recovery: the level falls only
+    # after the transition period, as it would have without the reload.
+    assert clf.assess(sample(1.0, available=16 * 10**8), now=1.0).level is WARNING
+    assert clf.assess(sample(40.0, available=16 * 10**8), now=40.0).level is NORMAL
+    # The new critical threshold applies at once.
+    assert clf.assess(sample(41.0, available=4 * 10**8), now=41.0).level is CRITICAL

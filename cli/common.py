@@ -1,0 +1,46 @@
+"""Pieces every command shares: exit codes, byte rendering, the duration option type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+import metalmem
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def human_bytes(value: int | None) -> str:
+    """Render bytes for people (binary units); ``-`` for unknown."""
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """A duration option (``500ms``, ``2s``, ``1.5m``, plain seconds) read by
+    :func:`metalmem.parse_duration`; ``minimum`` is exclusive (an interval must be > 0)."""
+
+    name = "duration"
+
+    def __init__(self, minimum: float | None = 0.0) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = metalmem.parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if self.minimum is not None and seconds <= self.minimum:
+            self.fail(f"{value!r} must be longer than {self.minimum:g}s", param, ctx)
+        return seconds

@@ -1,0 +1,412 @@
+"""HTTP endpoints of the agent: /metrics, /memstats, /healthz, /readyz (issue 6, part 2).
+
+A stdlib WSGI app served by ``wsgiref`` with one daemon thread per request: no framework, no
+event loop, nothing to install. Every endpoint only *reads* the watchdog's latest
+:class:`State` (STYLE rule 14), so a scrape never waits for the loop and the loop never
+waits for a scrape. ``/metrics`` is prometheus-client's own app over our registry, so content
+negotiation (OpenMetrics when the scraper's ``Accept`` asks for it), gzip and ``name[]``
+filtering come from the library. Request logs go to this module's logger at DEBUG.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from prometheus_client import make_wsgi_app
+from prometheus_client.registry import CollectorRegistry
+
+from .pressure import assessment_to_dict
+from .sampler import ProcessMemory
+from .watchdog import EvictionRecord, SkipRecord, State, TargetLike
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HEALTH_FACTOR", "MEMSTATS_SCHEMA_VERSION", "Server", "make_app", "memstats"]
+
+MEMSTATS_SCHEMA_VERSION = 1
+"""Bumped when a /memstats field changes meaning or goes away (adding one does not)."""
+
+HEALTH_FACTOR = 3.0
+"""/healthz fails once the heartbeat is older than this many intervals (issue 6)."""
+
+_PROCESS_FIELDS = ("rss", "footprint", "wired", "swap", "peak", "anon")
+
+
+# --- /memstats -------------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None``: JSON has no NaN or inf."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _system_dict(state: State) -> dict[str, Any] | None:
+    s = state.system
+    if s is None:
+        return None
+    return {
+        "scope": s.scope,
+        "limited": s.limited,
+        "total": s.total,
+        "available": s.available,
+        "free": s.free,
+        "wired": s.wired,
+        "compressed": s.compressed,
+        "swap_total": s.swap_total,
+        "swap_used": s.swap_used,
+        "pageouts": s.pageouts,
+        "swapouts": s.swapouts,
+        "oom_kills": s.oom_kills,
+        "os_level": s.os_level.name if s.os_level is not None else None,
+        "psi": s.psi._asdict() if s.psi is not None else None,
+        "timestamp": s.timestamp,
+        "counters_timestamp": s.counters_timestamp,
+    }
+
+
+def _process_dict(state: State, target: TargetLike) -> dict[str, Any]:
+    """One target: what the config says about it, then its sample or the error for it."""
+    key: str = target.key
+    priority = getattr(target, "priority", None)
+    kube = getattr(target, "kube", None)
+    source = getattr(target, "source", None)
+    sample = state.processes.get(key)
+    out: dict[str, Any] = {
+        "pid": target.pid,
+        "start_time": getattr(target, "start_time", None),
+        "priority": priority.value if priority is not None else None,
+        "protected": getattr(target, "protected", None),
+        "budget": getattr(target, "budget", None),
+        "namespace": kube.namespace if kube is not None else None,
+        "source": source.value if source is not None else None,
+        "blocked": key in state.blocked,
+        "memory": None,
+        "error": None,
+    }
+    if isinstance(sample, ProcessMemory):
+        out["memory"] = {f: getattr(sample, f) for f in _PROCESS_FIELDS}
+        out["memory"]["timestamp"] = sample.timestamp
+    elif sample is not None:
+        out["error"] = {
+            "type": type(sample).__name__,
+            "message": str(sample),
+            "errno": sample.errno,
+        }
+    return out
+
+
+def _eviction_dict(r: EvictionRecord) -> dict[str, Any]:
+    return {
+        "key": r.key,
+        "pid": r.pid,
+        "priority": r.priority,
+        "reason": r.reason,
+        "footprint": r.footprint,
+        "result": r.result,
+        "reclaimed": r.reclaimed,
+        "duration": r.duration,
+        "timestamp_unix": r.timestamp_unix,
+        "message": r.message,
+    }
+
+
+def _skip_dict(r: SkipRecord) -> dict[str, Any]:
+    return {
+        "reason": str(r.reason),
+        "explanation": r.explanation,
+        "timestamp_unix": r.timestamp_unix,
+    }
+
+
+def memstats(state: State, *, version: str, now: float | None = None) -> dict[str, Any]:
+    """The JSON-ready document of ``/memstats`` for one State (``docs/memstats.schema.json``).
+
+    Bytes stay exact integers and unknown values stay ``None`` (JSON null); levels are names.
+    ``now`` is a reading of the watchdog's clock (``time.monotonic()`` by default), against
+    which the sample's and the heartbeat's ages are measured; the sampler's timestamps are on
+    the same clock in the agent. Non-finite floats become null (JSON cannot carry them).
+    """
+    if now is None:
+        now = time.monotonic()
+    system = state.system
+    doc: dict[str, Any] = {
+        "schema_version": MEMSTATS_SCHEMA_VERSION,
+        "version": version,
+        "seq": state.seq,
+        "mode": state.mode.value,
+        "interval": state.interval,
+        "sample_age": now - system.timestamp if system is not None else None,
+        "heartbeat_age": now - state.heartbeat,
+        "uptime": now - state.started_at,
+        "sample_duration": state.sample_duration,
+        "cpu_seconds": state.cpu_seconds,
+        "events": state.events,
+        "system": _system_dict(state),
+        "gpu": (
+            {"limit": system.gpu_limit, "used": system.gpu_used} if system is not None else None
+        ),
+        "assessment": (
+            assessment_to_dict(state.assessment) if state.assessment is not None else None
+        ),
+        "processes": {t.key: _process_dict(state, t) for t in state.targets},
+        "blocked": list(state.blocked),
+        "settling": state.settling,
+        "evictions": [_eviction_dict(r) for r in state.evictions[-20:]],
+        "skips": [_skip_dict(r) for r in state.skips[-20:]],
+        "eviction_counts": [
+            {"reason": reason, "result": result, "count": n}
+            for (reason, result), n in sorted(state.eviction_counts.items())
+        ],
+        "skip_counts": dict(sorted(state.skip_counts.items())),
+        "reclaimed_total": state.reclaimed_total,
+        "counters": dict(sorted(state.counters.items())),
+    }
+    result: dict[str, Any] = _finite(doc)
+    return result
+
+
+# --- the WSGI app ----------------------------------------------------------------------------
+
+_Response = tuple[str, list[tuple[str, str]], bytes]
+_TEXT = "text/plain; charset=utf-8"
+
+
+def _text(status: str, body: str) -> _Response:
+    return status, [("Content-Type", _TEXT)], body.encode()
+
+
+def make_app(
+    state: Callable[[], State],
+    registry: CollectorRegistry,
+    *,
+    version: str,
+    interval: Callable[[], float],
+    watchdog_enabled: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+) -> WSGIApplication:
+    """The agent's WSGI app: ``/metrics``, ``/memstats``, ``/healthz``, ``/readyz``.
+
+    ``state`` returns the latest snapshot; ``interval`` the configured watchdog interval
+    (a callable: a config reload may change it); ``clock`` the watchdog's clock (injectable
+    for tests). ``/healthz`` is 200 while the heartbeat is younger than
+    :data:`HEALTH_FACTOR` x the interval (or a stop in flight has not passed its deadline,
+    ``State.busy_until``), else 503 naming the age and the limit (200 when the watchdog is
+    disabled); ``/readyz`` is 200 once a sample exists (or the watchdog is
+    disabled), else 503. Other paths are 404, other methods than GET and HEAD 405. A failure
+    inside a handler is logged and answered 500; it never reaches the server thread.
+    """
+    metrics_app = make_wsgi_app(registry)
+    was_healthy = [True]  # logged on change only (STYLE rule 17); a race only repeats a line
+
+    def healthz() -> _Response:
+        if not watchdog_enabled:
+            return _text("200 OK", "ok: watchdog disabled\n")
+        now = clock()
+        current = state()
+        age = now - current.heartbeat
+        every = interval()
+        limit = HEALTH_FACTOR * every
+        if current.busy_until is not None and now < current.busy_until + limit:
+            # A stop in its grace period: the loop is quiet, not stalled, until the stop's own
+            # deadline (plus the usual limit for the tick after it).
+            return _text(
+                "200 OK", f"ok: stopping a target (deadline in {current.busy_until - now:.1f} s)\n"
+            )
+        healthy = age < limit
+        if healthy != was_healthy[0]:
+            was_healthy[0] = healthy
+            if healthy:
+                log.info("event=healthz_recovered heartbeat_age=%.3f", age)
+            else:
+                log.warning("event=healthz_failing heartbeat_age=%.3f limit=%.3f", age, limit)
+        if healthy:
+            return _text("200 OK", f"ok: heartbeat {age:.3f} s ago (limit {limit:.3f} s)\n")
+        return _text(
+            "503 Service Unavailable",
+            f"unhealthy: watchdog heartbeat is {age:.3f} s old, over {limit:.3f} s "
+            f"({HEALTH_FACTOR:g} x interval {every:g} s); the loop is stalled\n",
+        )
+
+    def readyz() -> _Response:
+        if state().system is not None:
+            return _text("200 OK", "ready: first sample taken\n")
+        if not watchdog_enabled:
+            return _text("200 OK", "ready: watchdog disabled\n")
+        return _text("503 Service Unavailable", "not ready: no sample yet\n")
+
+    def memstats_json() -> _Response:
+        doc = memstats(state(), version=version, now=clock())
+        body = json.dumps(doc, allow_nan=False, separators=(",", ":")).encode()
+        return "200 OK", [("Content-Type", "application/json"), ("Cache-Control", "no-store")], body
+
+    routes: Mapping[str, Callable[[], _Response]] = {
+        "/healthz": healthz,
+        "/readyz": readyz,
+        "/memstats": memstats_json,
+    }
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        if path != "/metrics" and path not in routes:
+            status, headers, body = _text("404 Not Found", f"not found: {path}\n")
+        elif method not in ("GET", "HEAD"):
+            status, headers, body = _text("405 Method Not Allowed", f"{method} not allowed\n")
+            headers.append(("Allow", "GET, HEAD"))
+        elif path == "/metrics":
+            return _metrics(environ, start_response, method)
+        else:
+            try:
+                status, headers, body = routes[path]()
+            except Exception:
+                log.exception("event=http_handler_failed path=%s", path)
+                status, headers, body = _text("500 Internal Server Error", "internal error\n")
+        headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [b""] if method == "HEAD" else [body]
+
+    def _metrics(
+        environ: WSGIEnvironment, start_response: StartResponse, method: str
+    ) -> Iterable[bytes]:
+        if method == "HEAD":  # prometheus-client answers GET only: render it, drop the body
+            environ = {**environ, "REQUEST_METHOD": "GET"}
+        answer: list[tuple[str, list[tuple[str, str]]]] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            answer.append((status, list(headers)))
+            return lambda data: None
+
+        try:
+            body = b"".join(metrics_app(environ, capture))
+            status, headers = answer[0]
+        except Exception:
+            log.exception("event=http_handler_failed path=/metrics")
+            status, headers, body = _text("500 Internal Server Error", "internal error\n")
+        headers.append(("Content-Length", str(len(body))))  # for HEAD too: the GET's length
+        start_response(status, headers)
+        return [b""] if method == "HEAD" else [body]
+
+    return app
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+class _LogStream(io.TextIOBase):
+    """``wsgi.errors`` for wsgiref: its tracebacks go to our logger instead of stderr."""
+
+    def write(self, s: str) -> int:
+        if s.strip():
+            log.warning("event=http_error detail=%r", s.rstrip())
+        return len(s)
+
+
+class _Handler(WSGIRequestHandler):
+    # A client that connects and sends nothing would pin its thread forever without this.
+    timeout = 10.0
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("event=http_request client=%s line=%r", self.address_string(), format % args)
+
+    def get_stderr(self) -> Any:
+        return _LogStream()
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    """One daemon thread per request: a slow scraper never blocks another, or shutdown."""
+
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the bound address with socket.getfqdn(), which can
+        # wait seconds on DNS; the name is only used for SERVER_NAME, so skip it.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+        self.setup_environ()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.warning("event=http_connection_error client=%s", client_address, exc_info=True)
+
+
+class Server:
+    """Serves a WSGI app on ``host:port`` from a daemon thread.
+
+    :meth:`start` binds at once, so a port in use raises ``OSError`` (EADDRINUSE) to the
+    caller before any thread starts (the agent exits 2 with it). ``port`` 0 takes an
+    ephemeral port; :attr:`port` is the bound one. IPv6 hosts (``::1``) work.
+    """
+
+    # serve_forever's select() timeout: bounds how long stop() waits for the loop to notice.
+    POLL_INTERVAL = 0.25
+
+    def __init__(self, app: WSGIApplication, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self._requested_port = port
+        self._httpd: _ThreadingServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the requested one until :meth:`start`)."""
+        if self._httpd is None:
+            return self._requested_port
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        """Bind, listen and serve on a daemon thread; raises ``OSError`` if binding fails."""
+        if self._httpd is not None:
+            raise RuntimeError("Server already started")
+        family = socket.getaddrinfo(self.host, self._requested_port, type=socket.SOCK_STREAM)[0][0]
+        server_cls = type("_Server", (_ThreadingServer,), {"address_family": family})
+        httpd: _ThreadingServer = server_cls((self.host, self._requested_port), _Handler)
+        httpd.set_app(self.app)
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": self.POLL_INTERVAL},
+            name="metalmem-http",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("event=http_listening host=%s port=%d", self.host, self.port)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop serving and close the listening socket; requests in flight finish on their
+        own daemon threads. Returns within about :data:`POLL_INTERVAL` (``timeout`` at most
+        for the thread to end). Idempotent."""
+        httpd, thread = self._httpd, self._thread
+        if httpd is None:
+            return
+        if thread is not None and thread.is_alive():
+            httpd.shutdown()  # returns once serve_forever's loop saw the flag (<= POLL_INTERVAL)
+            thread.join(timeout)
+        httpd.server_close()
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
