@@ -813,12 +813,14 @@ def render_status(doc: Mapping[str, Any]) -> str:
     if processes:
         lines.append(f"{'TARGET':<28} {'PID':>7} {'PRIORITY':<9} {'FOOTPRINT':>10} {'RSS':>10}")
         for key, p in sorted(processes.items()):
-            if p.get("error"):
-                lines.append(f"{key:<28} {p.get('pid', '-')!s:>7} {'':<9} {p['error']}")
+            error = p.get("error")
+            if error:
+                lines.append(f"{key:<28} {p.get('pid', '-')!s:>7} {'':<9} {error.get('message')}")
                 continue
+            memory = p.get("memory") or {}
             lines.append(
                 f"{key:<28} {p.get('pid', '-')!s:>7} {p.get('priority') or '-':<9} "
-                f"{human_bytes(p.get('footprint')):>10} {human_bytes(p.get('rss')):>10}"
+                f"{human_bytes(memory.get('footprint')):>10} {human_bytes(memory.get('rss')):>10}"
             )
     blocked = doc.get("blocked") or []
     if blocked:

@@ -6,6 +6,7 @@ import json
 import pathlib
 import signal
 import socket
+import subprocess
 import sys
 from typing import Any
 
@@ -15,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from metalmem.sampler import Sampler
 
-from .agentproc import AgentProcess, run_agent
+from .agentproc import AGENT, AgentProcess, run_agent
 from .helpers import Children, has_exited, wait_for
 from .test_metrics import ISSUE_NAMES
 
@@ -263,4 +264,9 @@ def test_enforce_evicts_the_batch_child_and_only_it(
         assert doc["evictions"][0]["result"] == "terminated"
         assert "batch" in doc["blocked"]
         assert not has_exited(kids["normal"].pid) and not has_exited(kids["high"].pid)
+        status = subprocess.run(
+            [AGENT, "status", "--url", agent.base], capture_output=True, text=True, timeout=30
+        )
+        assert f"evicted batch pid {kids['batch'].pid}: terminated" in status.stdout
+        assert "respawn blocked: batch" in status.stdout
         assert agent.stop() == 0
