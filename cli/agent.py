@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import select
 import signal
 import sys
@@ -25,11 +26,10 @@ import click
 
 import metalmem
 from metalmem.eviction import EvictionMode, EvictionPolicy, Planner
-from metalmem.level import Level
-from metalmem.pressure import Assessment, Classifier, PressurePolicy
+from metalmem.pressure import Classifier, PressurePolicy
 from metalmem.process import DEFAULT_KILL_TIMEOUT
 from metalmem.targets import Target, TargetSpec, TargetTracker
-from metalmem.watchdog import EvictionRecord, Listeners, SkipRecord, State, Watchdog
+from metalmem.watchdog import Listeners, State, Watchdog
 
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DurationType, human_bytes
 from .config import Config, ConfigError, load_config
@@ -235,6 +235,10 @@ def resolve_settings(
 # --- logging --------------------------------------------------------------------------------
 
 
+# key=value pairs as the library writes them: values are bare tokens or %r-quoted strings.
+_PAIRS = re.compile(r"""(?:^|\s)([A-Za-z_]\w*)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S*)""")
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; ``key=value`` pairs of the message become fields too."""
 
@@ -246,10 +250,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": message,
         }
-        for token in message.split(" "):
-            key, sep, value = token.partition("=")
-            if sep and key.isidentifier() and key not in doc:
-                doc[key] = value
+        for key, value in _PAIRS.findall(message):
+            if key not in doc:
+                doc[key] = value[1:-1] if value[:1] in "'\"" and len(value) > 1 else value
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, separators=(",", ":"))
@@ -277,9 +280,8 @@ class Agent:
     """The running pieces and their lifecycle; `run` builds one, tests may too."""
 
     def __init__(self, settings: Settings, sampler: metalmem.Sampler) -> None:
-        from metalmem.server import Server, make_app
-
         from metalmem.metrics import AgentStats, MetalmemCollector, SampleDurations, make_registry
+        from metalmem.server import Server, make_app
 
         self.settings = settings
         self.sampler = sampler
@@ -297,12 +299,9 @@ class Agent:
         interval = settings.interval or DEFAULT_INTERVAL
         self.classifier = Classifier(settings.pressure, interval=interval)
         self.planner = Planner(settings.eviction, settings.pressure)
-        listeners = Listeners(
-            on_sample=[self._on_sample],
-            on_level_change=[self._on_level_change],
-            on_eviction=[self._on_eviction],
-            on_skip=[self._on_skip],
-        )
+        # The library logs levels, evictions, skips and stops itself (key=value lines);
+        # the agent adds only what it owns.
+        listeners = Listeners(on_sample=[self._on_sample])
         if settings.record:
             self._record = open(settings.record, "a", encoding="utf-8")  # noqa: SIM115
         self.reporter = self._make_reporter(settings)
@@ -373,11 +372,7 @@ class Agent:
         now = time.monotonic()
         if now >= self._refresh_at:
             self._refresh_at = now + TARGET_REFRESH
-            changes = self._tracker.refresh()
-            for t in changes.added:
-                log.info("event=target_added key=%s pid=%d priority=%s", t.key, t.pid, t.priority)
-            for t in changes.removed:
-                log.info("event=target_removed key=%s pid=%d", t.key, t.pid)
+            self._tracker.refresh()  # logs what was added and removed
         targets = self._tracker.targets
         if self.reporter is not None:
             return self.reporter.overlay(targets)
@@ -405,32 +400,6 @@ class Agent:
 
             self._record.write(record_line(state.system) + "\n")
             self._record.flush()
-
-    def _on_level_change(self, old: Level, new: Level, assessment: Assessment) -> None:
-        top = assessment.top_reason
-        log.log(
-            logging.WARNING if new > Level.NORMAL else logging.INFO,
-            "event=level_change from=%s to=%s signal=%s detail=%r",
-            old.name,
-            new.name,
-            top.signal.value if top else "-",
-            top.message if top else "",
-        )
-
-    def _on_eviction(self, record: EvictionRecord) -> None:
-        log.warning(
-            "event=eviction key=%s pid=%d result=%s footprint=%s reclaimed=%s",
-            record.key,
-            record.pid,
-            record.result,
-            record.footprint,
-            record.reclaimed,
-        )
-
-    def _on_skip(self, record: SkipRecord) -> None:
-        log.info(
-            "event=eviction_skipped reason=%s detail=%r", record.reason.value, record.explanation
-        )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:

@@ -270,3 +270,43 @@ def test_enforce_evicts_the_batch_child_and_only_it(
         assert f"evicted batch pid {kids['batch'].pid}: terminated" in status.stdout
         assert "respawn blocked: batch" in status.stdout
         assert agent.stop() == 0
+
+
+def test_sigterm_during_a_stop_lets_it_finish_and_keeps_the_block(
+    tmp_path: pathlib.Path, children: Children
+) -> None:
+    stubborn = children.spawn(allocate_mib=16, ignore_term=True)
+    keeper = children.spawn(allocate_mib=16)
+    warning, critical = _critical_thresholds()
+    config = write_config(
+        tmp_path / "agent.toml",
+        "[pressure]\nmargin = 0.0005\n\n[eviction]\nmin_managed_share = 0.0\nfloor = 1\n"
+        'min_reclaim = 0\nsettle_timeout = "1s"\n'
+        + _target_tables({"stubborn": (stubborn.pid, "batch"), "keeper": (keeper.pid, "high")}),
+    )
+    state = tmp_path / "state"
+    args = [
+        "--eviction-enabled",
+        "--memory-watchdog-interval", "100ms",
+        "--memory-pressure-warning", f"{warning:.6f}",
+        "--memory-pressure-critical", f"{critical:.6f}",
+        "--config", str(config),
+        "--state-dir", str(state),
+        "--log-format", "json",
+    ]  # fmt: skip
+    agent = AgentProcess(args, tmp_path / "agent.log")
+    try:
+        wait_for(lambda: '"event":"evict"' in agent.log(), timeout=30, what="the stop to begin")
+        agent.signal(signal.SIGTERM)  # in the middle of the 2 s grace: the child ignores TERM
+        assert agent.proc.wait(timeout=2 + 2 + 5) == 0
+    finally:
+        agent.stop()
+    assert has_exited(stubborn.pid) and not has_exited(keeper.pid)
+    blocks = json.loads((state / "respawn-blocks.json").read_text())
+    assert list(blocks["blocked"]) == ["stubborn"]
+    lines = [json.loads(line) for line in agent.log().splitlines() if line.strip()]
+    events = [d.get("event") for d in lines]
+    assert "started" in events and "evict" in events and events[-1] == "stopped"
+    stopped = next(d for d in lines if d.get("event") == "stop")
+    assert stopped["key"] == "stubborn" and stopped["result"] == "killed"
+    assert stopped["steps"] == "SIGTERM,SIGKILL"
