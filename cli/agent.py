@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -33,6 +33,9 @@ from metalmem.watchdog import Listeners, State, Watchdog
 
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DurationType, human_bytes
 from .config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from metalmem.kube import KubeReporter
 
 log = logging.getLogger("metalmem.agent")
 
@@ -295,7 +298,7 @@ class Agent:
         self._record: IO[str] | None = None
         self._demand_lock = threading.Lock()
         self._demand_at = -1e18
-        self.reporter: Any = None
+        self.reporter: KubeReporter | None = None
         interval = settings.interval or DEFAULT_INTERVAL
         self.classifier = Classifier(settings.pressure, interval=interval)
         self.planner = Planner(settings.eviction, settings.pressure)
@@ -343,26 +346,46 @@ class Agent:
         self.server = Server(app, host, port)
 
     # -- wiring ------------------------------------------------------------------------------
-    def _make_reporter(self, settings: Settings) -> Any:
+    def _make_reporter(self, settings: Settings) -> KubeReporter | None:
+        """The Kubernetes reporter, started (config loaded), or None when reporting is off.
+
+        Auto mode (no --kube/--no-kube) turns it on when a cluster or a kubeconfig is found,
+        and runs on without it if that config cannot be loaded; an explicit --kube that cannot
+        load its config is bad input (exit 2). Only here is ``kubernetes`` imported.
+        """
         if settings.kube is False:
             log.info("event=kube_disabled reason=--no-kube")
             return None
         from metalmem import kube
 
-        options = kube.KubeOptions(
-            kubeconfig=settings.kubeconfig,
-            context=settings.kube_context,
-            namespace=settings.namespace,
-            **({"resource": settings.resource} if settings.resource else {}),
-            **({"node_name": settings.node_name} if settings.node_name else {}),
-        )
+        kwargs: dict[str, Any] = {
+            "kubeconfig": settings.kubeconfig,
+            "context": settings.kube_context,
+            "namespace": settings.namespace,
+        }
+        if settings.resource:
+            kwargs["resource"] = settings.resource
+        if settings.node_name:
+            kwargs["node_name"] = settings.node_name
+        try:
+            options = kube.KubeOptions(**kwargs)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--resource'") from None
         if settings.kube is None:
             available, reason = kube.kube_available(options)
             if not available:
                 log.info("event=kube_disabled reason=%r", reason)
                 return None
             log.info("event=kube_enabled reason=%r", reason)
-        return kube.KubeReporter(options, stats=self.stats)
+        reporter = kube.KubeReporter(options, pressure=settings.pressure, stats=self.stats)
+        try:
+            reporter.start()
+        except kube.KubeConfigError as exc:
+            if settings.kube:
+                raise click.BadParameter(str(exc), param_hint="'--kubeconfig'") from None
+            log.error("event=kube_disabled reason=config_unusable error=%r", str(exc))
+            return None
+        return reporter
 
     def _targets(self) -> Sequence[Target]:
         """Called by the watchdog on its own thread: the tracker is not thread-safe."""
@@ -405,8 +428,6 @@ class Agent:
     def start(self) -> None:
         """Bind the port first (a port in use must fail before anything runs), then the rest."""
         self.server.start()
-        if self.reporter is not None:
-            self.reporter.start()
         if self.settings.interval > 0:
             self.watchdog.start()
         log.info(
@@ -435,6 +456,7 @@ class Agent:
         self.watchdog.stop(timeout=1.5 + grace + DEFAULT_KILL_TIMEOUT)
         self.server.stop(timeout=0.5)
         if self.reporter is not None:
+            self.reporter.flush(1.0)  # the last condition and events, if the API is there
             self.reporter.stop(timeout=0.5)
         if self._record is not None:
             self._record.close()
@@ -448,6 +470,8 @@ class Agent:
         self.classifier.set_policy(settings.pressure)
         self.planner.policy = settings.eviction
         self.planner.pressure = settings.pressure
+        if self.reporter is not None:
+            self.reporter.set_pressure(settings.pressure)
         if settings.interval > 0 and old.interval > 0:
             self.watchdog.min_interval = min(0.1, settings.interval)
             self.watchdog.interval = settings.interval

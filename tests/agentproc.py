@@ -21,7 +21,10 @@ _STARTED = re.compile(r"event=started .*listen=(\S+):(\d+)")
 
 
 class AgentProcess:
-    """One `metalmem-agent run --listen 127.0.0.1:0 ...`; its log goes to ``log_path``."""
+    """One `metalmem-agent run --listen 127.0.0.1:0 ...`; its log goes to ``log_path``.
+
+    ``--no-kube`` is added unless ``kube``; ``prefix`` replaces the console script (e.g.
+    ``python -X importtime -m metalmem_cli``)."""
 
     def __init__(
         self,
@@ -30,12 +33,14 @@ class AgentProcess:
         *,
         env: dict[str, str] | None = None,
         ready_timeout: float = 30.0,
+        kube: bool = False,
+        prefix: Sequence[str] = (AGENT,),
     ) -> None:
         self.log_path = log_path
         full_env = {**os.environ, **(env or {})}
         full_env.setdefault("METALMEM_TEST_HOOKS", "1")
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        argv = [AGENT, "run", "--listen", "127.0.0.1:0", "--no-kube", *args]
+        argv = [*prefix, "run", "--listen", "127.0.0.1:0", *([] if kube else ["--no-kube"]), *args]
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
         match = wait_for(self._started, timeout=ready_timeout, what="the agent's started line")
         self.base = f"http://127.0.0.1:{match.group(2)}"
