@@ -613,6 +613,7 @@ def run(ctx: click.Context, /, config_path: str | None, **values: Any) -> None:
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     setup_logging(settings.log_format, settings.log_level)
+    _raise_fd_limit()
     sampler = _open_sampler(settings.scope)
     _check_paths(settings)
     try:
@@ -670,6 +671,20 @@ def _check_paths(settings: Settings) -> None:
             raise click.BadParameter(
                 f"{settings.record}: {exc.strerror}", param_hint="'--record'"
             ) from None
+
+
+def _raise_fd_limit(want: int = 8192) -> None:
+    """Lift the soft open-files limit toward ``want`` (within the hard limit): the sampler
+    pins two fds per target, and 1024 (Linux) or 256 (macOS) is a low default for a daemon."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.info("event=fd_limit_unchanged soft=%d error=%r", soft, exc)
 
 
 def _mtime(path: str | None) -> tuple[int, int] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -231,3 +232,63 @@ def test_a_closed_sampler_refuses_to_sample() -> None:
     s.close()
     with pytest.raises(ValueError, match="closed"):
         s.system()
+
+
+def _sleepers(n: int) -> list[subprocess.Popen[bytes]]:
+    return [subprocess.Popen(["sleep", "600"]) for _ in range(n)]
+
+
+def _stop(kids: list[subprocess.Popen[bytes]]) -> None:
+    for k in kids:
+        k.kill()
+    for k in kids:
+        k.wait()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux /proc fds")
+def test_a_batch_larger_than_the_slot_table_keeps_every_pid_pinned() -> None:
+    # The table starts with 512 slots; a batch of 600 must grow it rather than cycle through
+    # it (which would reopen every pid on every call).
+    kids = _sleepers(600)
+    try:
+        with metalmem.Sampler() as s:
+            first = s.processes(k.pid for k in kids)
+            second = s.processes(k.pid for k in kids)
+            pinned = set()
+            for fd in os.listdir("/proc/self/fd"):
+                with contextlib.suppress(FileNotFoundError):  # listdir's own fd is gone
+                    pinned.add(os.readlink(f"/proc/self/fd/{fd}"))
+        for k in kids:
+            a, b = first[k.pid], second[k.pid]
+            assert isinstance(a, metalmem.ProcessMemory) and isinstance(b, metalmem.ProcessMemory)
+            assert a.start_time == b.start_time and b.rss
+        assert all(f"/proc/{k.pid}" in pinned for k in kids)
+    finally:
+        _stop(kids)
+
+
+EMFILE_CHILD = """
+import resource, subprocess, metalmem
+kids = [subprocess.Popen(["sleep", "600"]) for _ in range(150)]
+try:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    with metalmem.Sampler() as s:
+        for _ in range(3):
+            r = s.processes(k.pid for k in kids)
+            print(sum(isinstance(v, metalmem.ProcessMemory) for v in r.values()))
+finally:
+    for k in kids:
+        k.kill()
+        k.wait()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux /proc fds")
+def test_running_out_of_fds_costs_reopens_not_records() -> None:
+    # 150 pids need 300 fds; the process may hold 128. Slots are given back as fds run out,
+    # and every record still comes back whole.
+    out = subprocess.run(
+        [sys.executable, "-c", EMFILE_CHILD], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["150", "150", "150"]
