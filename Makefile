@@ -38,9 +38,16 @@ test: check-darwin lint typecheck pytest
 check-darwin: $(STAMP)
 	$(PY) csrc/check_darwin.py
 
+# The benchmark suite, then docs/performance.md and its plot (about 6 minutes on 2 cores).
+# METALMEM_BENCH_QUICK=1 shortens every part; METALMEM_BENCH_SKIP=agent,kube,reaction,polling,scale
+# skips parts; docs/performance.md lists every switch.
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-columns=min,median,mean,ops \
 		--benchmark-json=benchmarks/results.json
+	$(PY) benchmarks/agent_bench.py --json benchmarks/agent.json
+	$(PY) benchmarks/reaction.py --json benchmarks/reaction.json
+	$(PY) benchmarks/report.py benchmarks/results.json --agent benchmarks/agent.json \
+		--reaction benchmarks/reaction.json --write docs/performance.md
 
 clean:
 	rm -rf build dist *.egg-info metalmem/_native*.so metalmem/_native.c metalmem/_native.o

@@ -2,8 +2,8 @@
 
 The convention is written down in docs/README.md ("How commands are shown in these docs"):
 fenced ``sh`` blocks are Linux commands that run here (``sh {host-dependent}``: exit 0 or 1);
-``sh {agent}``, ``sh {root}``, ``sh {cluster}``, ``sh {macos}`` and ``zsh`` blocks are not run
-but every ``metalmem-agent`` subcommand and option they show must exist; ``bash``, ``shell``,
+``sh {agent}``, ``sh {root}``, ``sh {cluster}``, ``sh {macos}``, ``sh {long}`` and ``zsh``
+blocks are not run but every ``metalmem-agent`` subcommand and option they show must exist; ``bash``, ``shell``,
 ``console`` and untagged fences are refused. Every failure names the file and line.
 """
 
@@ -35,7 +35,7 @@ VENV_BIN = Path(sys.executable).parent
 COMMAND_TIMEOUT = 60.0  # seconds per command; doc commands must be quick examples
 
 RUN_MARKS = frozenset({"host-dependent"})
-SKIP_MARKS = frozenset({"agent", "root", "cluster", "macos"})
+SKIP_MARKS = frozenset({"agent", "root", "cluster", "macos", "long"})
 SHELLISH = frozenset(
     {"bash", "shell", "console", "shell-session", "shellsession", "sh-session", "fish", "ksh",
      "csh", "tcsh", "ps1", "powershell", "cmd", "bat"}
@@ -186,7 +186,7 @@ def violations(path: Path, text: str | None = None) -> list[str]:
         if block.lang in SHELLISH:
             found.append(
                 f"{block.where}: '{block.lang}' block: use sh (run on Linux), "
-                "sh {agent|root|cluster|macos} or zsh (not run), or text for output"
+                "sh {agent|root|cluster|macos|long} or zsh (not run), or text for output"
             )
             continue
         if not block.is_shell:
