@@ -88,7 +88,7 @@ SETTINGS: dict[str, Setting] = {
     "dry_run": Setting(None, False),
     "discover": Setting("discovery.pattern", None),
     "scope": Setting("agent.scope", "host"),
-    "listen": Setting("agent.listen", DEFAULT_LISTEN),
+    "listen": Setting("agent.listen", ListenType().convert(DEFAULT_LISTEN, None, None)),
     "state_dir": Setting("agent.state_dir", None),
     "record": Setting("agent.record", None),
     "log_format": Setting("agent.log_format", "text"),

@@ -2,9 +2,10 @@
 
 The convention is written down in docs/README.md ("How commands are shown in these docs"):
 fenced ``sh`` blocks are Linux commands that run here (``sh {host-dependent}``: exit 0 or 1);
-``sh {agent}``, ``sh {root}``, ``sh {cluster}``, ``sh {macos}``, ``sh {long}`` and ``zsh``
-blocks are not run but every ``metalmem-agent`` subcommand and option they show must exist; ``bash``, ``shell``,
-``console`` and untagged fences are refused. Every failure names the file and line.
+``sh {agent}`` blocks run against a real agent on the default port; ``sh {root}``,
+``sh {cluster}``, ``sh {macos}``, ``sh {long}`` and ``zsh`` blocks are not run, but every
+``metalmem-agent`` subcommand and option they show must exist; ``bash``, ``shell``, ``console``
+and untagged fences are refused. Every failure names the file and line.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -296,6 +300,88 @@ def test_docs_linux_commands_run(block: Block, workdirs: dict[str, Path]) -> Non
             + ("timed out" if status is None else f"exited {status}")
             + f"\n--- stdout\n{out[-2000:]}\n--- stderr\n{err[-2000:]}"
         )
+
+
+AGENT_BLOCKS = [
+    b for path in DOC_FILES for b in parse_blocks(path) if "agent" in b.marks and commands(b)
+]
+DEFAULT_PORT = 9438  # what the docs' commands talk to: the agent's default --listen
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        # As the agent's server binds: TIME_WAIT connections of a past run do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def _start(command: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METALMEM_")}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["HOME"] = str(cwd / "home")
+    return subprocess.Popen(
+        ["bash", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _stop_agent(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=COMMAND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return proc.returncode, out
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the docs' sh blocks are Linux commands")
+@pytest.mark.parametrize("block", AGENT_BLOCKS, ids=lambda b: b.where)
+def test_docs_agent_commands_run_against_a_real_agent(
+    block: Block, workdirs: dict[str, Path]
+) -> None:
+    # `{agent}` blocks talk to an agent on the default port: a `metalmem-agent run` line must
+    # start one that answers /readyz and stops cleanly on SIGTERM; any other line runs while
+    # an agent of ours serves there, and must exit 0.
+    if not _port_free(DEFAULT_PORT):
+        pytest.skip(f"127.0.0.1:{DEFAULT_PORT} is taken on this machine")
+    cwd = workdirs[block.path.name]
+    server: subprocess.Popen[str] | None = None
+    try:
+        for line, command in commands(block):
+            where = f"{block.path.relative_to(REPO)}:{line}"
+            if "metalmem-agent run" in command:
+                proc = _start(command, cwd)
+                deadline = time.monotonic() + COMMAND_TIMEOUT
+                while not _ready(DEFAULT_PORT) and proc.poll() is None:
+                    assert time.monotonic() < deadline, f"{where}: `{command}` never became ready"
+                    time.sleep(0.1)
+                status, out = _stop_agent(proc)
+                assert status == 0, f"{where}: `{command}` exited {status}\n{out[-2000:]}"
+                continue
+            if server is None:
+                server = _start("metalmem-agent run --no-kube", cwd)
+                deadline = time.monotonic() + COMMAND_TIMEOUT
+                while not _ready(DEFAULT_PORT):
+                    assert server.poll() is None and time.monotonic() < deadline, "agent"
+                    time.sleep(0.1)
+            status, out, err = _run(command, cwd)
+            assert status == 0, f"{where}: `{command}` exited {status}\n{out[-2000:]}{err[-2000:]}"
+    finally:
+        if server is not None:
+            _stop_agent(server)
 
 
 def test_docs_run_failures_are_reported(tmp_path: Path) -> None:
