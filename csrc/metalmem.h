@@ -71,7 +71,8 @@ struct mm_system {
     uint64_t psi_some_total_us; /* cumulative stall, microseconds */
     uint64_t psi_full_total_us;
     int32_t os_level;           /* macOS: 1 normal, 2 warn, 4 critical */
-    int32_t reserved0;
+    int32_t generation;         /* Linux: changes when any field but available, free and
+                                   sampled_at differs from the last call; 0: not tracked */
     double sampled_at;          /* when the cheap parts were read */
     double slow_at;             /* when the slow parts were read */
     /* macOS raw counters, in pages of page_size; vm_stat's meanings (vm_free excludes speculative). */

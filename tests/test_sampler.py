@@ -215,16 +215,57 @@ def test_snapshot_table_and_bad_scope_exit_code() -> None:
 
 
 @pytest.mark.parametrize("tree", ["rest", "pressure"])
-def test_the_fast_path_builds_exactly_what_the_generic_path_builds(tree: str) -> None:
-    # A recorded tree does not change between the two calls, so only the clocks may differ.
+def test_the_reusing_path_builds_exactly_what_the_generic_path_builds(tree: str) -> None:
+    # A recorded tree does not change between calls: from the second call on, system()
+    # reuses the last record's objects (same generation); only the clocks may differ.
     root = pathlib.Path(__file__).parent / "fixtures" / "proc" / tree
     with metalmem.Sampler(root=str(root)) as s:
-        fast = s.system()
+        first = s.system()
+        again = s.system()
         generic = metalmem.Sampler.system(s)  # the class's method: the generic path
-    assert fast.psi is not None and fast.total is not None
-    assert fast._replace(timestamp=0.0, counters_timestamp=0.0) == generic._replace(
-        timestamp=0.0, counters_timestamp=0.0
-    )
+    assert again.psi is not None and again.total is not None
+    assert again.psi is first.psi  # reused, not rebuilt
+    for record in (first, again):
+        assert record._replace(timestamp=0.0, counters_timestamp=0.0) == generic._replace(
+            timestamp=0.0, counters_timestamp=0.0
+        )
+
+
+def _rewrite(path: pathlib.Path, old: bytes, new: bytes) -> None:
+    """Change a file in place (same inode: the sampler keeps it open and preads it)."""
+    data = path.read_bytes()
+    assert old in data and len(old) == len(new)
+    with open(path, "r+b") as f:
+        f.write(data.replace(old, new))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux /proc formats")
+def test_a_change_of_any_field_is_seen_by_the_next_call(tmp_path: pathlib.Path) -> None:
+    # The reuse must never serve a stale value: each field the C layer does not treat as
+    # moving (everything but available, free and the time) is changed once between calls.
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(pathlib.Path(__file__).parent / "fixtures" / "proc" / "pressure", root)
+    meminfo, psi = root / "proc" / "meminfo", root / "proc" / "pressure" / "memory"
+    with metalmem.Sampler(root=str(root)) as s:
+        before = s.system()
+        s.system()
+        text = meminfo.read_bytes()
+        line = next(ln for ln in text.splitlines() if ln.startswith(b"Unevictable:"))
+        digits = line.split()[1]
+        bumped = str(int(digits) + 1).rjust(len(digits)).encode()
+        _rewrite(meminfo, line, line.replace(digits, bumped))
+        after = s.system()
+        assert after.wired == before.wired + 1024
+        total_line = next(ln for ln in psi.read_bytes().splitlines() if ln.startswith(b"some"))
+        old_total = total_line.rsplit(b"total=", 1)[1]
+        new_total = str(int(old_total) + 1).rjust(len(old_total), "0").encode()
+        _rewrite(psi, b"total=" + old_total, b"total=" + new_total)
+        again = s.system()
+        assert again.psi is not None and after.psi is not None
+        assert again.psi.some_total == pytest.approx(after.psi.some_total + 1e-6)
+        assert again.wired == after.wired
 
 
 def test_a_closed_sampler_refuses_to_sample() -> None:
