@@ -49,7 +49,7 @@ import dataclasses
 import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .level import Level
 from .pressure import Assessment, PressurePolicy
@@ -309,7 +309,28 @@ _KEYS: tuple[RankKey, ...] = tuple(key for _, key in RANKING)
 
 
 def _sort_key(c: Candidate) -> tuple[SupportsRichComparison, ...]:
+    """:data:`RANKING`'s keys of one row, in order (the reference for :func:`_row_key`)."""
     return tuple([key(c) for key in _KEYS])
+
+
+def _row_key(
+    t: Target, footprint: int | None, over: bool, state: CandidateState
+) -> tuple[SupportsRichComparison, ...]:
+    """:func:`_sort_key` of the row these fields would make, written out: ``rank`` runs on
+    every CRITICAL tick, and six key calls per row plus a second Candidate per row were most
+    of ``Planner.plan`` (measured: 45 us at 16 targets). A test keeps the two equal."""
+    return (
+        state.order,
+        t.priority.rank,
+        not over,
+        (True, 0) if footprint is None else (False, -footprint),
+        t.key,
+        (t.pid, t.start_time),
+    )
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
 
 
 def deciding_comparator(a: Candidate, b: Candidate) -> str | None:
@@ -458,11 +479,11 @@ class Planner:
         for t in targets:
             state, footprint, why = _sample_state(t, processes.get(t.key))
             over = footprint is not None and t.budget is not None and footprint > t.budget
-            rows.append(Candidate(t, footprint, over, 0, why, state))
-        rows.sort(key=_sort_key)
+            rows.append((_row_key(t, footprint, over, state), t, footprint, over, why, state))
+        rows.sort(key=_first)
         return tuple(
-            Candidate(c.target, c.footprint, c.over_budget, i, c.why, c.state)
-            for i, c in enumerate(rows, 1)
+            Candidate(t, footprint, over, i, why, state)
+            for i, (_, t, footprint, over, why, state) in enumerate(rows, 1)
         )
 
     def needed_bytes(self, system: SystemMemory) -> int:

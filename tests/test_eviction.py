@@ -38,6 +38,8 @@ from metalmem.eviction import (
     Plan,
     Planner,
     SkipReason,
+    _row_key,
+    _sort_key,
     compare_candidates,
 )
 
@@ -643,6 +645,9 @@ def test_property_plan_invariants(s: dict[str, Any]) -> None:
     assert {c.target.key for c in p.candidates if c.is_live} == live
     # The table (sorted by the RANKING keys) is in the comparators' order.
     assert list(p.candidates) == sorted(p.candidates, key=functools.cmp_to_key(compare_candidates))
+    # rank's written-out key is the RANKING table's key.
+    for c in p.candidates:
+        assert _row_key(c.target, c.footprint, c.over_budget, c.state) == _sort_key(c)
     assert (p.skip_reason is None) == bool(p.victims)
 
     # A protected, gone or unsized target is never a victim.

@@ -409,3 +409,18 @@ def test_sample_durations_are_thread_safe() -> None:
     buckets, total, count = d.snapshot()
     assert count == 4 * per_thread and buckets[-1][1] == count
     assert total == pytest.approx(4 * sum((i % 7) * 1e-4 for i in range(per_thread)))
+
+
+def test_every_family_template_names_its_samples_as_exposed() -> None:
+    # _add appends samples named family.name: the constructor's name (with its unit and, for a
+    # counter, without _total) must agree, or samples would land outside their family.
+    from metalmem.metrics import _FAMILIES
+
+    for family in _FAMILIES:
+        metric = family.empty()
+        assert metric.samples == []
+        if family.kind == "counter":
+            assert metric.name + "_total" == family.name
+        else:
+            assert metric.name == family.name
+        assert family.empty() is not metric  # a fresh one per call
