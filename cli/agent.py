@@ -144,7 +144,7 @@ def _file_value(
         return True, getattr(config.pressure, key)
     param = params[name]
     try:
-        if param.type is click.BOOL or isinstance(param.type, click.types.BoolParamType):
+        if isinstance(param.type, click.types.BoolParamType):
             if not isinstance(raw, bool):
                 raise click.BadParameter(f"{raw!r} is not true or false")
             return True, raw
@@ -200,11 +200,7 @@ def resolve_settings(
     elif chosen["eviction_enabled"]:
         eviction = dataclasses.replace(eviction, mode=EvictionMode.ENFORCE)
 
-    interval = chosen["memory_watchdog_interval"]
-    if interval < 0:
-        raise click.BadParameter(
-            "must be 0 (off) or more", param_hint="'--memory-watchdog-interval'"
-        )
+    interval = chosen["memory_watchdog_interval"]  # >= 0: parse_duration refuses a sign
     discover = chosen["discover"]
     if discover is not None:
         import re
@@ -282,7 +278,9 @@ def setup_logging(fmt: str, level: str, stream: IO[str] | None = None) -> None:
 class Agent:
     """The running pieces and their lifecycle; `run` builds one, tests may too."""
 
-    def __init__(self, settings: Settings, sampler: metalmem.Sampler) -> None:
+    def __init__(
+        self, settings: Settings, sampler: metalmem.Sampler, record: IO[str] | None = None
+    ) -> None:
         from metalmem.metrics import AgentStats, MetalmemCollector, SampleDurations, make_registry
         from metalmem.server import Server, make_app
 
@@ -290,12 +288,11 @@ class Agent:
         self.sampler = sampler
         self.stats = AgentStats()
         self.durations = SampleDurations()
-        self._stopping = threading.Event()
         self._unstalled = threading.Event()
         self._unstalled.set()
         self._tracker = TargetTracker(sampler, settings.targets, discover_pattern=settings.discover)
         self._refresh_at = 0.0
-        self._record: IO[str] | None = None
+        self._record = record
         self._demand_lock = threading.Lock()
         self._demand_at = -1e18
         self.reporter: KubeReporter | None = None
@@ -305,8 +302,6 @@ class Agent:
         # The library logs levels, evictions, skips and stops itself (key=value lines);
         # the agent adds only what it owns.
         listeners = Listeners(on_sample=[self._on_sample])
-        if settings.record:
-            self._record = open(settings.record, "a", encoding="utf-8")  # noqa: SIM115
         self.reporter = self._make_reporter(settings)
         if self.reporter is not None:
             self.reporter.attach(listeners)
@@ -450,7 +445,6 @@ class Agent:
 
     def stop(self) -> None:
         """Stop the loop (an in-flight stop finishes its grace), then HTTP, Kubernetes."""
-        self._stopping.set()
         self._unstalled.set()
         grace = max((t.stop.grace for t in self._tracker.targets), default=0.0)
         self.watchdog.stop(timeout=1.5 + grace + DEFAULT_KILL_TIMEOUT)
@@ -615,12 +609,14 @@ def run(ctx: click.Context, /, config_path: str | None, **values: Any) -> None:
     setup_logging(settings.log_format, settings.log_level)
     _raise_fd_limit()
     sampler = _open_sampler(settings.scope)
-    _check_paths(settings)
     try:
-        agent = Agent(settings, sampler)
-    except OSError as exc:
+        _check_state_dir(settings.state_dir)
+        agent = Agent(settings, sampler, record=_open_record(settings.record))
+    except (click.ClickException, OSError) as exc:
         sampler.close()
-        raise click.UsageError(str(exc)) from None
+        if isinstance(exc, OSError):
+            raise click.UsageError(str(exc)) from None
+        raise
     try:
         agent.start()
     except OSError as exc:
@@ -651,26 +647,30 @@ def _open_sampler(scope: str) -> metalmem.Sampler:
         raise click.BadParameter(str(exc), param_hint="'--scope'") from None
 
 
-def _check_paths(settings: Settings) -> None:
-    if settings.state_dir is not None:
-        try:
-            os.makedirs(settings.state_dir, exist_ok=True)
-            probe = os.path.join(settings.state_dir, ".metalmem-write-test")
-            with open(probe, "w"):
-                pass
-            os.unlink(probe)
-        except OSError as exc:
-            raise click.BadParameter(
-                f"{settings.state_dir}: {exc.strerror}", param_hint="'--state-dir'"
-            ) from None
-    if settings.record is not None:
-        try:
-            with open(settings.record, "a", encoding="utf-8"):
-                pass
-        except OSError as exc:
-            raise click.BadParameter(
-                f"{settings.record}: {exc.strerror}", param_hint="'--record'"
-            ) from None
+def _check_state_dir(state_dir: str | None) -> None:
+    """Fail at start, not at the first eviction, when the state file could not be written."""
+    if state_dir is None:
+        return
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+        probe = os.path.join(state_dir, ".metalmem-write-test")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"{state_dir}: {exc.strerror}", param_hint="'--state-dir'"
+        ) from None
+
+
+def _open_record(path: str | None) -> IO[str] | None:
+    """The --record file, opened for appending (the agent owns and closes it)."""
+    if path is None:
+        return None
+    try:
+        return open(path, "a", encoding="utf-8")
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="'--record'") from None
 
 
 def _raise_fd_limit(want: int = 8192) -> None:

@@ -164,6 +164,18 @@ class KubeConfigError(Error):
     __module__ = "metalmem"
 
 
+def _suspend_patch(resource_version: str | None, annotation: str | None) -> dict[str, Any]:
+    """The merge patch that suspends (with our annotation) or resumes (removing it) an object,
+    preconditioned on ``resource_version`` so a concurrent change is a 409, not lost."""
+    return {
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": {SUSPEND_ANNOTATION: annotation},
+        },
+        "spec": {"suspend": annotation is not None},
+    }
+
+
 # --- options -----------------------------------------------------------------------------------
 
 
@@ -1058,16 +1070,7 @@ class KubeReporter:
                     info = self._remember(ref, api.get(ref))
                 if info.suspended and not info.has_annotation:
                     return "spec.suspend was already set by someone else"
-                obj = api.merge_patch(
-                    ref,
-                    {
-                        "metadata": {
-                            "resourceVersion": info.resource_version,
-                            "annotations": {SUSPEND_ANNOTATION: annotation},
-                        },
-                        "spec": {"suspend": True},
-                    },
-                )
+                obj = api.merge_patch(ref, _suspend_patch(info.resource_version, annotation))
             except _CallFailed as exc:
                 self._count_failure(WriteKind.SUSPEND, exc, ref)
                 if exc.result is WriteResult.CONFLICT:
@@ -1327,16 +1330,7 @@ class KubeReporter:
                 done = False  # the annotation says it is bigger than the cache knew: wait
                 break
             try:
-                obj = api.merge_patch(
-                    ref,
-                    {
-                        "metadata": {
-                            "resourceVersion": info.resource_version,
-                            "annotations": {SUSPEND_ANNOTATION: None},
-                        },
-                        "spec": {"suspend": False},
-                    },
-                )
+                obj = api.merge_patch(ref, _suspend_patch(info.resource_version, None))
             except _CallFailed as exc:
                 if exc.transient:
                     self._stats.kube_write(WriteKind.RESUME, exc.result)

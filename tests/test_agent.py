@@ -19,6 +19,7 @@ from metalmem.sampler import Sampler
 from .agentproc import AGENT, AgentProcess, run_agent
 from .helpers import Children, has_exited, wait_for
 from .test_metrics import ISSUE_NAMES
+from .test_watchdog_eviction import _critical_now
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux signals and /proc")
 
@@ -215,34 +216,38 @@ def test_sighup_with_a_broken_config_keeps_the_old_one(tmp_path: pathlib.Path) -
 
 
 def _critical_thresholds() -> tuple[float, float]:
+    """(warning, critical) fractions just above what this host has available: it reads
+    CRITICAL (hard), as for the in-process eviction tests."""
     with Sampler() as s:
-        m = s.system()
-    assert m.total is not None and m.available is not None
-    critical = min((m.available + 256 * MiB) / m.total, 0.997)
-    if critical <= m.available / m.total:
-        pytest.skip("this host is almost idle: no fraction of it can read CRITICAL")
-    return critical + 0.001, critical
+        p = _critical_now(s)
+    return p.warning_available, p.critical_available
+
+
+def _enforcing(config: pathlib.Path, state: pathlib.Path, *extra: str) -> list[str]:
+    """`run` arguments that enforce eviction every 100 ms with this host CRITICAL."""
+    warning, critical = _critical_thresholds()
+    return [
+        "--eviction-enabled",
+        "--memory-watchdog-interval", "100ms",
+        "--memory-pressure-warning", f"{warning:.6f}",
+        "--memory-pressure-critical", f"{critical:.6f}",
+        "--config", str(config),
+        "--state-dir", str(state),
+        *extra,
+    ]  # fmt: skip
 
 
 def test_enforce_evicts_the_batch_child_and_only_it(
     tmp_path: pathlib.Path, children: Children
 ) -> None:
     kids = {p: children.spawn(allocate_mib=32) for p in ("batch", "normal", "high")}
-    warning, critical = _critical_thresholds()
     config = write_config(
         tmp_path / "agent.toml",
         "[pressure]\nmargin = 0.0005\n\n[eviction]\nmin_managed_share = 0.0\nfloor = 1\n"
         'cooldown = "10m"\nmax_evictions = 1\nmin_reclaim = 0\nsettle_timeout = "1s"\n'
         + _target_tables({p: (k.pid, p) for p, k in kids.items()}),
     )
-    args = [
-        "--eviction-enabled",
-        "--memory-watchdog-interval", "100ms",
-        "--memory-pressure-warning", f"{warning:.6f}",
-        "--memory-pressure-critical", f"{critical:.6f}",
-        "--config", str(config),
-        "--state-dir", str(tmp_path / "state"),
-    ]  # fmt: skip
+    args = _enforcing(config, tmp_path / "state")
     with AgentProcess(args, tmp_path / "agent.log") as agent:
         wait_for(
             lambda: sample_value(metrics(agent), "metalmem_evictions_total", result="terminated"),
@@ -277,7 +282,6 @@ def test_sigterm_during_a_stop_lets_it_finish_and_keeps_the_block(
 ) -> None:
     stubborn = children.spawn(allocate_mib=16, ignore_term=True)
     keeper = children.spawn(allocate_mib=16)
-    warning, critical = _critical_thresholds()
     config = write_config(
         tmp_path / "agent.toml",
         "[pressure]\nmargin = 0.0005\n\n[eviction]\nmin_managed_share = 0.0\nfloor = 1\n"
@@ -285,15 +289,7 @@ def test_sigterm_during_a_stop_lets_it_finish_and_keeps_the_block(
         + _target_tables({"stubborn": (stubborn.pid, "batch"), "keeper": (keeper.pid, "high")}),
     )
     state = tmp_path / "state"
-    args = [
-        "--eviction-enabled",
-        "--memory-watchdog-interval", "100ms",
-        "--memory-pressure-warning", f"{warning:.6f}",
-        "--memory-pressure-critical", f"{critical:.6f}",
-        "--config", str(config),
-        "--state-dir", str(state),
-        "--log-format", "json",
-    ]  # fmt: skip
+    args = _enforcing(config, state, "--log-format", "json")
     agent = AgentProcess(args, tmp_path / "agent.log")
     try:
         wait_for(lambda: '"event":"evict"' in agent.log(), timeout=30, what="the stop to begin")
