@@ -26,9 +26,19 @@ import click
 
 import metalmem
 from metalmem.eviction import EvictionMode, EvictionPolicy, Planner
+from metalmem.limits import MAX_INTERVAL
+from metalmem.pins import PinStore
 from metalmem.pressure import Classifier, PressurePolicy
 from metalmem.process import DEFAULT_KILL_TIMEOUT
-from metalmem.targets import Target, TargetSpec, TargetTracker
+from metalmem.targets import (
+    DEFAULT_MAX_MATCHES,
+    Target,
+    TargetSpec,
+    TargetTracker,
+    TooManyMatches,
+    check_pattern,
+    discover,
+)
 from metalmem.watchdog import Listeners, State, Watchdog
 
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DurationType, human_bytes
@@ -111,6 +121,7 @@ class Settings:
     eviction: EvictionPolicy
     targets: tuple[TargetSpec, ...]
     discover: str | None
+    max_matches: int
     scope: str
     listen: tuple[str, int]
     state_dir: str | None
@@ -203,18 +214,17 @@ def resolve_settings(
     interval = chosen["memory_watchdog_interval"]  # >= 0: parse_duration refuses a sign
     discover = chosen["discover"]
     if discover is not None:
-        import re
-
         try:
-            re.compile(discover)
-        except re.error as exc:
-            raise click.BadParameter(f"{discover!r}: {exc}", param_hint="'--discover'") from None
+            check_pattern(discover, "pattern")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--discover'") from None
     return Settings(
         interval=float(interval),
         pressure=pressure,
         eviction=eviction,
         targets=config.targets if config is not None else (),
         discover=discover,
+        max_matches=config.max_matches if config is not None else DEFAULT_MAX_MATCHES,
         scope=chosen["scope"],
         listen=chosen["listen"],
         state_dir=chosen["state_dir"],
@@ -290,8 +300,18 @@ class Agent:
         self.durations = SampleDurations()
         self._unstalled = threading.Event()
         self._unstalled.set()
-        self._tracker = TargetTracker(sampler, settings.targets, discover_pattern=settings.discover)
-        self._refresh_at = 0.0
+        self._tracker = TargetTracker(
+            sampler,
+            settings.targets,
+            discover_pattern=settings.discover,
+            pins=PinStore(settings.state_dir),
+            max_matches=settings.max_matches,
+        )
+        # Discovery that matches too much is bad input: refuse it before anything runs.
+        self._tracker.refresh()
+        if self._tracker.refused is not None:
+            raise click.BadParameter(self._tracker.refused, param_hint="'--discover'")
+        self._refresh_at = time.monotonic() + TARGET_REFRESH
         self._record = record
         self._demand_lock = threading.Lock()
         self._demand_at = -1e18
@@ -322,7 +342,11 @@ class Agent:
             planner=self.planner,
             state_dir=settings.state_dir,
             stopper=self.reporter.stopper if self.reporter is not None else None,
+            adopted=lambda: self._tracker.targets,
         )
+        if self.reporter is not None:  # one gate for both stop paths (issue 13)
+            self.watchdog.gate.metadata = self.reporter.metadata
+            self.reporter.gate = self.watchdog.gate.check
         collector = MetalmemCollector(
             self._state,
             stats=self.stats,
@@ -372,7 +396,9 @@ class Agent:
                 log.info("event=kube_disabled reason=%r", reason)
                 return None
             log.info("event=kube_enabled reason=%r", reason)
-        reporter = kube.KubeReporter(options, pressure=settings.pressure, stats=self.stats)
+        reporter = kube.KubeReporter(
+            options, pressure=settings.pressure, stats=self.stats, state_dir=settings.state_dir
+        )
         try:
             reporter.start()
         except kube.KubeConfigError as exc:
@@ -446,7 +472,13 @@ class Agent:
     def stop(self) -> None:
         """Stop the loop (an in-flight stop finishes its grace), then HTTP, Kubernetes."""
         self._unstalled.set()
-        grace = max((t.stop.grace for t in self._tracker.targets), default=0.0)
+        grace = max(
+            (
+                t.stop.with_default_grace(self.planner.policy.grace).grace_seconds
+                for t in self._tracker.targets
+            ),
+            default=0.0,
+        )
         self.watchdog.stop(timeout=1.5 + grace + DEFAULT_KILL_TIMEOUT)
         self.server.stop(timeout=0.5)
         if self.reporter is not None:
@@ -456,6 +488,12 @@ class Agent:
             self._record.close()
             self._record = None
         log.info("event=stopped")
+
+    def check_discovery(self, settings: Settings) -> None:
+        """Raise ``ValueError`` when ``settings``' discovery would match more processes than
+        its cap (a reload is refused then, as a start is)."""
+        if settings.discover is not None:
+            discover(self.sampler, settings.discover, max_matches=settings.max_matches)
 
     def reload(self, settings: Settings) -> None:
         """Apply a re-read config: thresholds, eviction policy, targets, discovery, interval.
@@ -469,10 +507,11 @@ class Agent:
         if settings.interval > 0 and old.interval > 0:
             self.watchdog.min_interval = min(0.1, settings.interval)
             self.watchdog.interval = settings.interval
-        if (settings.targets, settings.discover) != (old.targets, old.discover):
-            self._tracker = TargetTracker(
-                self.sampler, settings.targets, discover_pattern=settings.discover
-            )
+        if (settings.targets, settings.discover, settings.max_matches) != (
+            old.targets, old.discover, old.max_matches
+        ):  # fmt: skip
+            # The same tracker: its pins must survive a reload (issue 13, finding 1).
+            self._tracker.configure(settings.targets, settings.discover, settings.max_matches)
             self._refresh_at = 0.0
         for name in ("listen", "scope", "state_dir", "record", "kube", "log_format"):
             if getattr(settings, name) != getattr(old, name):
@@ -503,7 +542,7 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[Any], Any]:
 @_option(
     "--memory-watchdog-interval",
     name="memory_watchdog_interval",
-    type=DurationType(minimum=None),
+    type=DurationType(minimum=None, maximum=MAX_INTERVAL),
     default=None,
     help="Time between samples (500ms, 2s, 1m); 0 turns the watchdog off, metrics stay. "
     "[default: 2s]",
@@ -731,6 +770,10 @@ def _serve(ctx: click.Context, agent: Agent, values: Mapping[str, Any], path: st
                 elif signum == signal.SIGUSR1:
                     stalled = not stalled
                     agent.stall(stalled)
+            if agent.watchdog.failed is not None:
+                log.critical("event=exit reason=loop_died error=%r", agent.watchdog.failed)
+                agent.stop()
+                return EXIT_FAILURE
             now_stamp = _mtime(path)
             if now_stamp is not None and now_stamp != stamp:
                 stamp = now_stamp
@@ -751,7 +794,8 @@ def _reload(
         return False
     try:
         settings = resolve_settings(ctx, values, load_config(path))
-    except (ConfigError, click.BadParameter) as exc:
+        agent.check_discovery(settings)
+    except (ConfigError, click.BadParameter, TooManyMatches) as exc:
         message = exc.format_message() if isinstance(exc, click.BadParameter) else str(exc)
         agent.stats.config_reload("failure")
         log.error("event=config_reload_failed trigger=%s path=%s error=%r", why, path, message)

@@ -15,7 +15,13 @@ from typing import Any
 
 from metalmem.eviction import EvictionPolicy
 from metalmem.pressure import PressurePolicy, parse_duration
-from metalmem.targets import TargetSpec, parse_size, parse_target_specs
+from metalmem.targets import (
+    DEFAULT_MAX_MATCHES,
+    TargetSpec,
+    check_pattern,
+    parse_size,
+    parse_target_specs,
+)
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 
@@ -34,7 +40,8 @@ _PRESSURE_RATES = {
 }
 _EVICTION_DURATIONS = {"grace", "cooldown", "window", "settle_timeout"}
 _EVICTION_SIZES = {"min_reclaim"}
-_DISCOVERY_KEYS = {"pattern", "enabled"}
+_DISCOVERY_KEYS = {"pattern", "enabled", "max_matches"}
+_MAX_MATCHES_LIMIT = 4096  # more processes than any host runs models; a typo past it
 # [agent] and [kube]: the run command's own settings (flag > environment > file > default).
 # Values stay as the file gives them; cli/agent.py validates them with the flags' own types,
 # so a value means the same in every place it can be set.
@@ -64,6 +71,7 @@ class Config:
     targets: tuple[TargetSpec, ...]
     discover: str | None
     agent: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    max_matches: int = DEFAULT_MAX_MATCHES
     kube: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # Which keys the file set, as "section.key": the agent lets flags and the environment
     # override only what they name, and the file override only defaults.
@@ -174,7 +182,13 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         if key not in _DISCOVERY_KEYS:
             raise ConfigError(f"{_where(path, text, key)}: unknown key discovery.{key}")
     if "hard_signals" in p:
-        p["hard_signals"] = frozenset(p["hard_signals"])
+        signals = p["hard_signals"]
+        if not isinstance(signals, list) or not all(isinstance(x, str) for x in signals):
+            raise ConfigError(
+                f"{_where(path, text, 'hard_signals')}: pressure.hard_signals: must be a list "
+                f"of signal names, got {signals!r}"
+            )
+        p["hard_signals"] = frozenset(signals)
     try:
         pressure = PressurePolicy(**p)
     except (TypeError, ValueError) as exc:
@@ -215,20 +229,35 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         for key in _section(doc, name, path, text)
     }
     given |= {f"{name}.{key}" for name, table in extra.items() for key in table}
-    pattern = d.get("pattern") if d.get("enabled", True) else None
+    enabled = d.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(
+            f"{_where(path, text, 'enabled')}: discovery.enabled: must be true or false, "
+            f"got {enabled!r}"
+        )
+    max_matches = d.get("max_matches", DEFAULT_MAX_MATCHES)
+    if (
+        isinstance(max_matches, bool)
+        or not isinstance(max_matches, int)
+        or not 1 <= max_matches <= _MAX_MATCHES_LIMIT
+    ):
+        raise ConfigError(
+            f"{_where(path, text, 'max_matches')}: discovery.max_matches: must be an integer "
+            f"in [1, {_MAX_MATCHES_LIMIT}], got {max_matches!r}"
+        )
+    pattern = d.get("pattern") if enabled else None
     if pattern is not None:
         try:
-            re.compile(pattern)
-        except (re.error, TypeError) as exc:
-            raise ConfigError(
-                f"{_where(path, text, 'pattern')}: discovery.pattern: {exc}"
-            ) from None
+            check_pattern(pattern, "discovery.pattern")
+        except ValueError as exc:
+            raise ConfigError(f"{_where(path, text, 'pattern')}: {exc}") from None
     return Config(
         pressure,
         eviction,
         tuple(specs),
         pattern,
         agent=extra["agent"],
+        max_matches=max_matches,
         kube=extra["kube"],
         given=frozenset(given),
         path=path,

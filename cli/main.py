@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 import metalmem
+from metalmem.limits import MAX_INTERVAL
 from metalmem.sampler import as_dict
 
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DurationType, human_bytes
@@ -182,7 +183,7 @@ class _StopOnSignal:
 @main.command()
 @click.option(
     "--interval",
-    type=DurationType(),
+    type=DurationType(maximum=MAX_INTERVAL),
     default="2s",
     show_default=True,
     help="Time between samples: 500ms, 2s, 1m, or seconds.",

@@ -24,8 +24,11 @@ nothing is done too.
 5. Floor: the last ``floor`` live targets are never evicted (``floor``; LLMKube #383). Live
    means a trusted sample, protected and unsized targets included. With no live target at all
    the floor has nothing to keep, and the skip is ``no_candidates``.
-6. Nobody to evict: every live target is protected (``all_protected``), or there is no live
-   target with a known footprint (``no_candidates``).
+6. A Kubernetes target's object is being read for the first time (``metadata_pending``): its
+   priority is unknown, so any victim could be the wrong one; the read takes under a refresh.
+7. Nobody to evict: every live target is protected (``all_protected``), the only candidates'
+   objects could not be read (``metadata_pending``), or there is no live target with a known
+   footprint (``no_candidates``).
 
 Otherwise the victims are the shortest prefix of the ranking whose footprints add up to
 ``needed_bytes``: what brings available memory back to the warning threshold, plus
@@ -52,9 +55,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .level import Level
+from .limits import MAX_DURATION, MAX_GRACE
 from .pressure import Assessment, PressurePolicy
 from .sampler import ProcessMemory, SystemMemory
-from .targets import Target
+from .targets import Metadata, Target
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRichComparison
@@ -99,6 +103,16 @@ class SkipReason(enum.StrEnum):
     FLOOR = "floor"
     ALL_PROTECTED = "all_protected"
     NO_CANDIDATES = "no_candidates"
+    METADATA_PENDING = "metadata_pending"
+    """Every candidate is a Kubernetes target whose object was not read yet."""
+    # The safety gate's refusals (metalmem.gate): found right before a stop, from fresh facts.
+    NOT_ADOPTED = "not_adopted"
+    IDENTITY_CHANGED = "identity_changed"
+    GONE = "gone"
+    PROTECTED = "protected"
+    PRIORITY_CHANGED = "priority_changed"
+    UNVERIFIABLE = "unverifiable"
+    NEVER_TARGET = "never_target"
 
 
 def _is_number(value: object) -> TypeGuard[float]:
@@ -109,16 +123,27 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_UP_TO_MAX = f"a duration in [0, {MAX_DURATION:g}] s"
+
 # (field, check, what the value must be): one row per numeric field of EvictionPolicy.
+# Durations are bounded (metalmem.limits says why).
 _POLICY_CHECKS: tuple[tuple[str, Callable[[object], bool], str], ...] = (
     ("min_managed_share", lambda v: _is_number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
     ("floor", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    ("grace", lambda v: _is_number(v) and v >= 0, "a duration >= 0"),
-    ("cooldown", lambda v: _is_number(v) and v >= 0, "a duration >= 0"),
+    (
+        "grace",
+        lambda v: _is_number(v) and 0 <= v <= MAX_GRACE,
+        f"a duration in [0, {MAX_GRACE:g}] s",
+    ),
+    ("cooldown", lambda v: _is_number(v) and 0 <= v <= MAX_DURATION, _UP_TO_MAX),
     ("max_evictions", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("window", lambda v: _is_number(v) and v > 0, "a duration > 0"),
+    (
+        "window",
+        lambda v: _is_number(v) and 0 < v <= MAX_DURATION,
+        f"a duration in (0, {MAX_DURATION:g}] s",
+    ),
     ("min_reclaim", lambda v: _is_int(v) and v >= 0, "bytes >= 0 (an integer)"),
-    ("settle_timeout", lambda v: _is_number(v) and v >= 0, "a duration >= 0"),
+    ("settle_timeout", lambda v: _is_number(v) and 0 <= v <= MAX_DURATION, _UP_TO_MAX),
     ("settle_share", lambda v: _is_number(v) and 0 < v <= 1, "a fraction in (0, 1]"),
 )
 
@@ -179,6 +204,10 @@ class CandidateState(enum.StrEnum):
     """Live but protected: never a victim (counts toward the floor and the guard)."""
     UNSIZED = "unsized"
     """Live, footprint unknown: cannot be sized, so never a victim (counts toward the floor)."""
+    PENDING = "pending"
+    """Live, a Kubernetes target whose object was not read (yet): its priority and protection
+    are unknown, so never a victim (counts toward the floor). While a first read is in flight
+    (:attr:`Metadata.PENDING`) no other target is a victim either."""
     GONE = "gone"
     """No trusted sample: exited, inaccessible, not sampled, or the sample names another
     process. Not live."""
@@ -442,6 +471,10 @@ def _sample_state(
             f"gone: pid reused (start_time {sample.start_time} != {target.start_time})",
         )
     footprint = sample.footprint
+    if target.metadata is Metadata.PENDING:
+        return CandidateState.PENDING, footprint, "pending: its object is being read"
+    if target.metadata is Metadata.UNKNOWN:
+        return CandidateState.PENDING, footprint, "unknown: its object could not be read"
     if target.protected:
         return CandidateState.PROTECTED, footprint, "protected"
     if footprint is None:
@@ -571,10 +604,23 @@ class Planner:
             )
         if 0 < len(live) <= policy.floor:
             return skip(SkipReason.FLOOR, f"{len(live)} live target(s) <= floor {policy.floor}")
+        reading = [c.target.key for c in live if c.target.metadata is Metadata.PENDING]
+        if reading:
+            return skip(
+                SkipReason.METADATA_PENDING,
+                f"waiting for the first read of {', '.join(sorted(reading))}: its priority may "
+                "put it before any other victim",
+            )
         eligible = [c for c in live if c.is_eligible]
         if not eligible:
             if live and all(c.state is CandidateState.PROTECTED for c in live):
                 return skip(SkipReason.ALL_PROTECTED, f"all {len(live)} live target(s) protected")
+            pending = sum(c.state is CandidateState.PENDING for c in live)
+            if pending:
+                return skip(
+                    SkipReason.METADATA_PENDING,
+                    f"{pending} of {len(live)} live target(s) have objects that could not be read",
+                )
             return skip(
                 SkipReason.NO_CANDIDATES,
                 f"{len(live)} live target(s), none unprotected with a known footprint",

@@ -44,11 +44,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .errors import Error
+from .eviction import SkipReason
+from .gate import KubeFacts, Refusal
+from .kubemeta import MetadataCache, SpecFields
 from .level import Level
 from .pressure import Assessment, PressurePolicy, threshold_bytes
 from .process import StopRecord, StopResult, stop
 from .sampler import Sampler, SystemMemory
-from .targets import KubeRef, Priority, Target
+from .targets import KubeRef, Metadata, Target
 from .watchdog import EvictionRecord, Listeners, SkipRecord, State
 
 __all__ = [
@@ -705,7 +708,8 @@ class KubeReporter:
 
     ``pressure`` supplies the WARNING threshold for the resume rule (default policy if
     omitted); ``stats`` counts writes and drops; ``clock`` is monotonic seconds and ``wall``
-    Unix seconds (both injectable).
+    Unix seconds (both injectable); ``state_dir`` keeps the objects' last-read priority and
+    protection across restarts (:mod:`metalmem.kubemeta`).
     """
 
     def __init__(
@@ -716,8 +720,13 @@ class KubeReporter:
         stats: KubeStats | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        state_dir: str | None = None,
     ) -> None:
         self.options = options
+        self._meta = MetadataCache(state_dir, clock=clock, wall=wall)
+        # The watchdog's safety gate, asked right before a suspend (set by whoever composes
+        # the two; without one, the stopper checks the fresh object's protection itself).
+        self.gate: Callable[[Target], Refusal | None] | None = None
         self.resource = Resource.parse(options.resource)
         self._warning = (pressure or PressurePolicy()).warning_available
         self._stats: KubeStats = stats if stats is not None else _NoStats()
@@ -727,6 +736,7 @@ class KubeReporter:
         self._refs: dict[KubeRef, None] = {}
         self._key_refs: dict[str, KubeRef] = {}
         self._objects: Mapping[KubeRef, _ObjectInfo] = {}
+        self._attempted: frozenset[KubeRef] = frozenset()  # refs a refresh has tried to read
         self._missing: set[KubeRef] = set()
         self._desired: dict[KubeRef, _Desired] = {}
         self._evicted: set[KubeRef] = set()
@@ -842,24 +852,39 @@ class KubeReporter:
     # --- target metadata -------------------------------------------------------------------------
     def overlay(self, targets: Sequence[Target]) -> tuple[Target, ...]:
         """The targets with priority and protection from their objects' spec, where the spec
-        sets them (``spec.priority``, ``spec.evictionProtection``); a target whose object is
-        missing or not read yet keeps its local settings. Cheap: reads a cached snapshot
-        (refreshed by the worker every ``refresh`` seconds), never calls the API."""
+        sets them (``spec.priority``, ``spec.evictionProtection``), and ``metadata`` saying
+        where they come from. A target whose object was not read yet is
+        :attr:`Metadata.PENDING` (never stopped, issue 13); one whose object does not exist
+        keeps its local settings. Cheap: reads a cached snapshot (refreshed by the worker every
+        ``refresh`` seconds), never calls the API."""
         self._note((t.key, r) for t in targets if (r := self._ref_of(t)) is not None)
-        objects = self._objects
         out = []
         for t in targets:
-            ref = self._ref_of(t)
-            info = objects.get(ref) if ref is not None else None
-            if info is None or ref in self._missing:
-                out.append(t)
-                continue
-            priority = Priority.parse(info.priority) if info.priority is not None else t.priority
-            protected = info.protected if info.protected is not None else t.protected
-            if (priority, protected) != (t.priority, t.protected):
-                t = dataclasses.replace(t, priority=priority, protected=protected)
+            facts = self.metadata(t)
+            if facts is None:
+                ref = self._ref_of(t)
+                first_read = self.is_reachable and ref is not None and ref not in self._attempted
+                t = dataclasses.replace(
+                    t, metadata=Metadata.PENDING if first_read else Metadata.UNKNOWN
+                )
+            elif facts.source is not Metadata.LOCAL:
+                t = dataclasses.replace(
+                    t, priority=facts.priority, protected=facts.protected, metadata=facts.source
+                )
             out.append(t)
         return tuple(out)
+
+    def metadata(self, target: Target) -> KubeFacts | None:
+        """What ``target``'s object says now (see :class:`metalmem.gate.KubeFacts`): read
+        within twice the refresh period, or as last read while the API is unreachable;
+        ``None`` when nothing is known. Local settings hold for a target without an object in
+        scope and for an object that does not exist."""
+        ref = self._ref_of(target)
+        if ref is None or ref in self._missing:
+            return KubeFacts(target.priority, target.protected, Metadata.LOCAL)
+        return self._meta.facts(
+            ref, target, max_age=2 * self.options.refresh, reachable=self.is_reachable
+        )
 
     # --- listeners (notifier thread: record, never call the API) --------------------------------
     def _desired_for(self, ref: KubeRef, level: Level, message: str) -> _Desired:
@@ -989,22 +1014,33 @@ class KubeReporter:
         ref = self._ref_of(target)
         api = self._api
         if ref is None or api is None or target.protected or ref in self._missing:
-            return stop(target, sampler=sampler)
+            return stop(target, sampler=sampler, gate=self.gate)
         if not self.is_reachable:
             return self._signal_path(target, sampler, "the API server is unreachable")
         t0 = self._clock()
         waiter = _ExitWaiter(target, sampler)
         try:
             if not waiter.is_target():  # gone already: stop() says so without signalling
-                return stop(target, sampler=sampler)
+                return stop(target, sampler=sampler, gate=self.gate)
             footprint = self._footprint(target, sampler)
-            failure = self._suspend(api, ref, footprint)
+            try:  # the object as it is now: its protection may have changed since the plan
+                info = self._remember(ref, api.get(ref))
+            except _CallFailed as exc:
+                self._count_failure(WriteKind.SUSPEND, exc, ref)
+                return self._signal_path(target, sampler, exc.message)
+            refusal = self._gate_check(target, info)
+            if refusal is not None:
+                return StopRecord(
+                    target.key, target.pid, target.start_time, StopResult.DENIED, (),
+                    self._clock() - t0, f"safety gate: {refusal.reason}: {refusal.detail}",
+                )  # fmt: skip
+            failure = self._suspend(api, ref, footprint, info)
             if failure is not None:
                 return self._signal_path(target, sampler, failure)
             grace = (
                 self.options.suspend_grace
                 if self.options.suspend_grace is not None
-                else target.stop.grace
+                else target.stop.grace_seconds
             )
             self._post(
                 _EventItem(
@@ -1027,7 +1063,7 @@ class KubeReporter:
             waiter.close()
         log.warning("event=kube_suspend_timeout key=%s pid=%d grace=%.1f fallback=signal",
                     target.key, target.pid, grace)  # fmt: skip
-        rec = stop(target, sampler=sampler)
+        rec = stop(target, sampler=sampler, gate=self.gate)
         result = rec.result
         if result is StopResult.ALREADY_GONE:
             result = StopResult.TERMINATED  # the owner stopped it, just after the grace
@@ -1047,12 +1083,26 @@ class KubeReporter:
         except (Error, OSError):
             return None
 
+    def _gate_check(self, target: Target, info: _ObjectInfo) -> Refusal | None:
+        """The safety gate, or (a reporter used without a watchdog) the fresh object's own
+        protection and priority."""
+        if self.gate is not None:
+            return self.gate(target)
+        facts = SpecFields(info.priority, info.protected).facts(target, Metadata.READ)
+        if facts.protected:
+            return Refusal(SkipReason.PROTECTED, "its object sets evictionProtection")
+        if facts.priority != target.priority:
+            return Refusal(SkipReason.PRIORITY_CHANGED, f"its object says {facts.priority}")
+        return None
+
     def _signal_path(self, target: Target, sampler: Sampler, why: str) -> StopRecord:
         log.warning("event=kube_suspend_skipped key=%s reason=%r fallback=signal", target.key, why)
-        rec = stop(target, sampler=sampler)
+        rec = stop(target, sampler=sampler, gate=self.gate)
         return dataclasses.replace(rec, message=f"not suspended ({why}); {rec.message}")
 
-    def _suspend(self, api: _Api, ref: KubeRef, footprint: int | None) -> str | None:
+    def _suspend(
+        self, api: _Api, ref: KubeRef, footprint: int | None, info: _ObjectInfo | None
+    ) -> str | None:
         """Set spec.suspend with our annotation; None on success, else why not."""
         annotation = json.dumps(
             {
@@ -1063,7 +1113,6 @@ class KubeReporter:
             },
             sort_keys=True,
         )
-        info = self._objects.get(ref)
         for _ in range(_CONFLICT_RETRIES):
             try:
                 if info is None:
@@ -1139,6 +1188,7 @@ class KubeReporter:
         info = _info_from(obj)
         with self._lock:
             self._objects = {**self._objects, ref: info}
+        self._meta.seen(ref, SpecFields(info.priority, info.protected))
         return info
 
     def _set_missing(self, ref: KubeRef, why: str) -> None:
@@ -1191,6 +1241,8 @@ class KubeReporter:
                     self._found(ref, items[ref.name])
                 else:
                     self._set_missing(ref, "not found")
+        with self._lock:
+            self._attempted = self._attempted | frozenset(refs)
 
     def _fetch(self, ref: KubeRef) -> _ObjectInfo | None:
         """Read one object now; None when it is missing or may not be read."""

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from .level import Level
+from .limits import MAX_DURATION
 from .sampler import SystemMemory
 
 __all__ = [
@@ -188,15 +189,18 @@ class PressurePolicy:
     def __post_init__(self) -> None:
         for name, lower_is_worse, upper, required in _POLICY_PAIRS:
             _validate_pair(self, name, lower_is_worse, upper, required)
-        if not _is_number(self.forecast_window) or self.forecast_window <= 0:
+        if not _is_number(self.forecast_window) or not 0 < self.forecast_window <= MAX_DURATION:
             raise ValueError(
-                f"PressurePolicy.forecast_window must be a duration > 0, "
+                f"PressurePolicy.forecast_window must be a duration in (0, {MAX_DURATION:g}] s, "
                 f"got {self.forecast_window!r}"
             )
         for name in ("soft_grace", "transition_period"):
             value = getattr(self, name)
-            if not _is_number(value) or value < 0:
-                raise ValueError(f"PressurePolicy.{name} must be a duration >= 0, got {value!r}")
+            if not _is_number(value) or not 0 <= value <= MAX_DURATION:
+                raise ValueError(
+                    f"PressurePolicy.{name} must be a duration in [0, {MAX_DURATION:g}] s, "
+                    f"got {value!r}"
+                )
         if not _is_number(self.margin) or not 0 <= self.margin < 1:
             raise ValueError(f"PressurePolicy.margin must be in [0, 1), got {self.margin!r}")
         for name in ("warning_available", "warning_gpu_headroom"):

@@ -35,11 +35,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .errors import AccessDenied, Error, NoSuchProcess
+from .eviction import SkipReason
+from .procstate import is_zombie
 from .sampler import Sampler
 from .targets import Target
+
+if TYPE_CHECKING:
+    from .gate import Refusal
 
 __all__ = [
     "DEFAULT_KILL_TIMEOUT",
@@ -174,7 +179,7 @@ class _PollingHandle:
             return None
         if rec.start_time != self._target.start_time:
             return True
-        return _is_zombie(self._sampler.root, self._target.pid)
+        return is_zombie(self._sampler.root, self._target.pid)
 
     def has_exited(self) -> bool:
         return self._state() is True
@@ -202,19 +207,6 @@ class _PollingHandle:
 
     def close(self) -> None:
         pass
-
-
-def _is_zombie(root: str, pid: int) -> bool:
-    """Linux: whether /proc/PID/stat says Z (or X); the state follows the last ')'."""
-    if sys.platform != "linux":
-        return False
-    try:
-        with open(os.path.join(root, "proc", str(pid), "stat"), "rb") as f:
-            stat = f.read(4096)
-    except OSError:
-        return True  # vanished while we looked
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state in (b"Z", b"X")
 
 
 if sys.platform == "darwin":
@@ -347,6 +339,7 @@ def stop(
     sleep: Callable[[float], None] = time.sleep,
     poll_interval: float = 0.05,
     kill_timeout: float = DEFAULT_KILL_TIMEOUT,
+    gate: Callable[[Target], Refusal | None] | None = None,
 ) -> StopRecord:
     """Stop ``target`` gracefully, forcefully if it must, and only if it is still that process.
 
@@ -362,6 +355,10 @@ def stop(
     target leads it (pgid == pid), else to the process alone (logged). Only the leader's exit
     is awaited: members still running after the leader exits are not waited for (llama-swap
     does the same).
+
+    ``gate`` (:meth:`metalmem.gate.SafetyGate.check`) is asked once the handle is verified,
+    right before the first signal or command; a refusal sends nothing (``already_gone`` when
+    the process is gone or another one, else ``denied``).
 
     ``clock`` is monotonic seconds; ``sleep`` and ``poll_interval`` pace waiting only where
     exit cannot be awaited on a file descriptor (Linux without pidfds). Never raises for the
@@ -411,6 +408,11 @@ def stop(
             )
         if handle.has_exited():
             return done(StopResult.ALREADY_GONE, "process had exited (zombie)")
+        verdict = gate(target) if gate is not None else None
+        if verdict is not None:
+            gone = verdict.reason in (SkipReason.GONE, SkipReason.IDENTITY_CHANGED)
+            result = StopResult.ALREADY_GONE if gone else StopResult.DENIED
+            return done(result, f"safety gate: {verdict.reason}: {verdict.detail}")
         return _escalate(target, handle, clock, t0, kill_timeout, steps, done)
     finally:
         handle.close()
@@ -427,6 +429,7 @@ def _escalate(
 ) -> StopRecord:
     """TERM (or the command) -> grace -> KILL -> confirmed exit, on a verified handle."""
     method = target.stop
+    grace = method.grace_seconds
     try:
         pgid = _group_to_signal(target)
     except ProcessLookupError:
@@ -444,7 +447,7 @@ def _escalate(
         ran = False
         if command is not None:
             steps.append("command")
-            ran = _run_command(target, command, method.grace)
+            ran = _run_command(target, command, grace)
         if not ran:
             send(method.signal)
     except ProcessLookupError:
@@ -454,8 +457,8 @@ def _escalate(
     except PermissionError as exc:
         return done(StopResult.DENIED, f"signal refused: {exc}")
 
-    if handle.wait(max(0.0, t0 + method.grace - clock())):
-        return done(StopResult.TERMINATED, f"exited within the {method.grace:g} s grace period")
+    if handle.wait(max(0.0, t0 + grace - clock())):
+        return done(StopResult.TERMINATED, f"exited within the {grace:g} s grace period")
 
     try:
         send(signal.SIGKILL)
@@ -464,7 +467,7 @@ def _escalate(
     except PermissionError as exc:
         return done(StopResult.DENIED, f"SIGKILL refused: {exc}")
     if handle.wait(kill_timeout):
-        return done(StopResult.KILLED, f"still running after {method.grace:g} s; SIGKILL")
+        return done(StopResult.KILLED, f"still running after {grace:g} s; SIGKILL")
     return done(StopResult.FAILED, f"still running {kill_timeout:g} s after SIGKILL")
 
 

@@ -220,6 +220,10 @@ def make_app(
             return _text("200 OK", "ok: watchdog disabled\n")
         now = clock()
         current = state()
+        if current.failed is not None:
+            return _text(
+                "503 Service Unavailable", f"unhealthy: the watchdog loop died: {current.failed}\n"
+            )
         age = now - current.heartbeat
         every = interval()
         limit = HEALTH_FACTOR * every

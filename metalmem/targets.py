@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import math
 import os
 import re
 import shlex
@@ -35,11 +34,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .errors import NoSuchProcess
+from .limits import MAX_GRACE, check_duration
+from .pins import Pin, PinStore
 from .sampler import Sampler
 
 __all__ = [
     "DEFAULT_DISCOVERY_PATTERN",
+    "DEFAULT_MAX_MATCHES",
     "KubeRef",
+    "Metadata",
     "Priority",
     "StopMethod",
     "Target",
@@ -47,6 +50,8 @@ __all__ = [
     "TargetSource",
     "TargetSpec",
     "TargetTracker",
+    "TooManyMatches",
+    "check_pattern",
     "discover",
     "name_from_argv",
     "parse_ps_output",
@@ -127,6 +132,25 @@ class TargetSource(enum.StrEnum):
     DISCOVERY = "discovery"
 
 
+class Metadata(enum.StrEnum):
+    """Where a target's priority and protection come from (issue 13: a Kubernetes target is
+    not eligible until its object was read)."""
+
+    LOCAL = "local"
+    """The config file or discovery: the target has no object, or Kubernetes reporting is off,
+    or its object does not exist."""
+    READ = "read"
+    """Its object's spec, read within the refresh period."""
+    LAST_KNOWN = "last_known"
+    """Its object's spec as last read (kept in the state dir), while the API is unreachable."""
+    PENDING = "pending"
+    """It has an object that is about to be read for the first time: no target is stopped
+    until it is (its priority is unknown, so any other victim could be the wrong one)."""
+    UNKNOWN = "unknown"
+    """Its object could not be read and nothing was kept from an earlier read: it is never
+    stopped, the others may be."""
+
+
 @dataclass(frozen=True, slots=True)
 class StopMethod:
     """How to stop a target gracefully before it is killed.
@@ -134,12 +158,14 @@ class StopMethod:
     ``signal`` is sent first (through the pidfd on Linux), or ``command`` is run instead (no
     shell; every argument equal to or containing ``{pid}`` gets the target's pid), e.g.
     ``("launchctl", "bootout", "gui/501/com.example.llama")``. ``grace`` seconds later a
-    process that has not exited gets SIGKILL. ``process_group`` sends both signals to the
-    target's process group when the target leads it (see :func:`metalmem.process.stop`).
+    process that has not exited gets SIGKILL; ``None`` means the policy's ``[eviction] grace``
+    (issue 13: a per-target default of 10 s used to shadow it). ``process_group`` sends both
+    signals to the target's process group when the target leads it (see
+    :func:`metalmem.process.stop`).
     """
 
     signal: int = signal.SIGTERM
-    grace: float = DEFAULT_GRACE
+    grace: float | None = None
     process_group: bool = False
     command: tuple[str, ...] | None = None
 
@@ -148,10 +174,10 @@ class StopMethod:
             raise ValueError(f"stop_signal: must be a signal number or name, got {self.signal!r}")
         if self.signal not in signal.valid_signals():
             raise ValueError(f"stop_signal: {self.signal} is not a valid signal here")
-        if isinstance(self.grace, bool) or not isinstance(self.grace, int | float):
-            raise ValueError(f"grace: must be a number of seconds, got {self.grace!r}")
-        if not (math.isfinite(self.grace) and self.grace >= 0):
-            raise ValueError(f"grace: must be finite and >= 0 seconds, got {self.grace!r}")
+        if self.grace is not None:
+            object.__setattr__(
+                self, "grace", check_duration("grace", self.grace, maximum=MAX_GRACE)
+            )
         if not isinstance(self.process_group, bool):
             raise ValueError(f"process_group: must be true or false, got {self.process_group!r}")
         if self.command is not None and (
@@ -162,6 +188,16 @@ class StopMethod:
             raise ValueError(
                 f"stop_command: must be a non-empty argument list, got {self.command!r}"
             )
+
+    @property
+    def grace_seconds(self) -> float:
+        """``grace``, or :data:`DEFAULT_GRACE` where the target sets none (the watchdog fills
+        in ``[eviction] grace`` before a stop, see :meth:`with_default_grace`)."""
+        return DEFAULT_GRACE if self.grace is None else self.grace
+
+    def with_default_grace(self, grace: float) -> StopMethod:
+        """This method with ``grace`` where it sets none of its own."""
+        return self if self.grace is not None else replace(self, grace=grace)
 
     def command_for(self, pid: int) -> tuple[str, ...] | None:
         """``command`` with ``{pid}`` replaced by ``pid``; ``None`` when stopping by signal."""
@@ -184,7 +220,8 @@ class Target:
     (``namespace/name`` or ``name``) under which metrics, events and the respawn block track it.
 
     ``budget`` is the footprint it is expected to need in bytes (``None``: not declared);
-    ``kube`` is set for targets that map to a Kubernetes object.
+    ``kube`` is set for targets that map to a Kubernetes object; ``metadata`` says where
+    ``priority`` and ``protected`` come from.
     """
 
     key: str
@@ -196,6 +233,7 @@ class Target:
     stop: StopMethod = field(default_factory=StopMethod)
     kube: KubeRef | None = None
     source: TargetSource = TargetSource.CONFIG
+    metadata: Metadata = Metadata.LOCAL
 
     @property
     def identity(self) -> tuple[int, float]:
@@ -250,12 +288,7 @@ class TargetSpec:
         if self.pidfile is not None and (not isinstance(self.pidfile, str) or not self.pidfile):
             raise ValueError(f"pidfile: must be a path, got {self.pidfile!r}")
         if self.cmdline is not None:
-            if not isinstance(self.cmdline, str) or not self.cmdline:
-                raise ValueError(f"cmdline: must be a non-empty regex, got {self.cmdline!r}")
-            try:
-                re.compile(self.cmdline)
-            except re.error as exc:
-                raise ValueError(f"cmdline: not a valid regex: {exc}") from exc
+            check_pattern(self.cmdline, "cmdline")
         if not isinstance(self.priority, Priority):
             raise ValueError(f"priority: must be a Priority, got {self.priority!r}")
         if not isinstance(self.protected, bool):
@@ -414,6 +447,39 @@ def parse_target_specs(tables: Sequence[Mapping[str, Any]]) -> list[TargetSpec]:
     return specs
 
 
+# --- patterns --------------------------------------------------------------------------------
+
+DEFAULT_MAX_MATCHES = 16
+"""Discovery (and each ``cmdline`` spec) may match at most this many processes: an inference
+host runs a handful of servers (a router's model instances included); a pattern that matches
+more is matching things it should not (issue 13: ``--discover ""`` managed the whole host)."""
+
+
+class TooManyMatches(ValueError):
+    """A pattern matched more processes than the cap allows."""
+
+
+def check_pattern(pattern: object, what: str) -> re.Pattern[str]:
+    """Compile a process-matching regex, refusing one that cannot be meant.
+
+    Refused, with ``ValueError`` naming ``what``: a non-string, an empty pattern, an invalid
+    one (including repetition counts too large to compile), and any pattern that matches the
+    empty string (``""``, ``.*``, ``x|``): such a pattern matches every process on the host.
+    """
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise ValueError(f"{what}: must be a non-empty regex, got {pattern!r}")
+    try:
+        regex = re.compile(pattern)
+    except (re.error, OverflowError, RecursionError, ValueError) as exc:
+        raise ValueError(f"{what}: not a valid regex {pattern!r}: {exc}") from None
+    if regex.search("") is not None:
+        raise ValueError(
+            f"{what}: {pattern!r} matches the empty string, so it would match every process; "
+            "name the executable (e.g. 'llama-server')"
+        )
+    return regex
+
+
 # --- process tables ------------------------------------------------------------------------
 
 
@@ -522,6 +588,11 @@ def _never_target(pid: int) -> bool:
     return pid <= 1 or pid == os.getpid() or pid == os.getppid()
 
 
+def _is_agent(argv: Sequence[str]) -> bool:
+    """Another metalmem agent (a second instance, ``status`` or ``explain``) is never a target."""
+    return any(os.path.basename(a).startswith("metalmem-agent") for a in argv[:2])
+
+
 def _start_times(sampler: Sampler, pids: Iterable[int]) -> dict[int, float]:
     """Start times of the pids that are alive and readable; the rest are left out (a target
     whose identity cannot be read cannot be stopped safely)."""
@@ -561,7 +632,11 @@ def _with_unique_keys(candidates: list[tuple[str, int]]) -> list[tuple[str, int]
 
 
 def resolve(
-    specs: Sequence[TargetSpec], sampler: Sampler, *, proc_root: str | None = None
+    specs: Sequence[TargetSpec],
+    sampler: Sampler,
+    *,
+    proc_root: str | None = None,
+    max_matches: int = DEFAULT_MAX_MATCHES,
 ) -> list[Target]:
     """The live targets the specs name right now, in spec order.
 
@@ -569,7 +644,8 @@ def resolve(
     command line (arguments joined by single spaces). A spec that names no live process yields
     no target. A ``cmdline`` that matches several processes yields one target per process, each
     keyed ``key#pid`` so keys stay unique (one match keeps the plain key, so a respawn block by
-    key holds across restarts). A process named by several specs is the first one's target
+    key holds across restarts); one that matches more than ``max_matches`` yields none
+    (logged). A process named by several specs is the first one's target
     only. pid 0/1, this process and its parent never match.
     """
     wanted: list[tuple[TargetSpec, str, int]] = []
@@ -590,8 +666,14 @@ def resolve(
                 if _never_target(pid):
                     continue
                 argv = table.argv(pid)
-                if argv and pattern.search(" ".join(argv)):
+                if argv and not _is_agent(argv) and pattern.search(" ".join(argv)):
                     matches.append((spec.key, pid))
+            if len(matches) > max_matches:
+                log.error(
+                    "event=target_refused key=%s cmdline=%r matches=%d max=%d",
+                    spec.key, spec.cmdline, len(matches), max_matches,
+                )  # fmt: skip
+                continue
             wanted.extend((spec, key, pid) for key, pid in _with_unique_keys(matches))
     # One process, one target: when several specs name the same process, the first wins
     # (counting it twice would double its footprint in the planner's guard).
@@ -678,16 +760,18 @@ def discover(
     proc_root: str | None = None,
     priority: Priority = Priority.NORMAL,
     stop: StopMethod | None = None,
+    max_matches: int | None = DEFAULT_MAX_MATCHES,
 ) -> list[Target]:
     """Running processes whose executable name matches ``pattern``, as targets, by pid.
 
     The regex is searched (``re.search``) in ``comm`` and in the basename of the executable
     (Linux ``/proc/PID/exe``; macOS ``ps -o comm``). Note that Linux cuts ``comm`` to 15
     bytes. Each target is named by :func:`name_from_argv`, else ``comm#pid``; names that occur
-    twice get ``#pid``. Kernel threads, zombies, pid 0/1, this process and its parent are
-    never discovered.
+    twice get ``#pid``. Kernel threads, zombies, pid 0/1, this process, its parent and other
+    metalmem agents are never discovered. A pattern that :func:`check_pattern` refuses raises
+    ``ValueError``; more than ``max_matches`` processes raise :class:`TooManyMatches`.
     """
-    regex = re.compile(pattern)
+    regex = check_pattern(pattern, "discovery pattern")
     table = _table(sampler, proc_root)
     found: list[tuple[str, int]] = []
     for pid in sorted(table.pids()):
@@ -697,10 +781,15 @@ def discover(
         if not any(regex.search(n) for n in names):
             continue
         argv = table.argv(pid)
-        if not argv:
+        if not argv or _is_agent(argv):
             continue
         name = name_from_argv(argv)
         found.append((name or f"{_safe_name(names[0])}#{pid}", pid))
+    if max_matches is not None and len(found) > max_matches:
+        raise TooManyMatches(
+            f"discovery pattern {pattern!r} matches {len(found)} processes, more than the "
+            f"cap of {max_matches} ([discovery] max_matches): narrow the pattern or raise the cap"
+        )
     found = _with_unique_keys(found)
     starts = _start_times(sampler, (pid for _, pid in found))
     return [
@@ -737,8 +826,11 @@ class TargetTracker:
     (the old one removed), even under the same key. A discovered process that a spec already
     names is left to the spec; a discovered key equal to a configured one gets ``#pid``.
 
-    A spec that gives a bare ``pid`` is pinned to the start time first seen for it: if the pid
-    later names another process (pid reuse), that process is not adopted.
+    A spec that gives a bare ``pid`` is adopted through its :class:`~metalmem.pins.Pin`: the
+    identity it had when the spec was first seen, kept across :meth:`configure` (a reload) and,
+    with a state dir, across restarts. A pid that names another process than its pin, or that
+    did not exist when the spec was first seen, is never adopted. Discovery that matches more
+    than ``max_matches`` processes adds nothing that refresh (``refused`` says why).
 
     Not thread-safe: the watchdog thread refreshes it and publishes ``targets``.
     """
@@ -750,28 +842,54 @@ class TargetTracker:
         *,
         discover_pattern: str | None = DEFAULT_DISCOVERY_PATTERN,
         proc_root: str | None = None,
+        pins: PinStore | None = None,
+        max_matches: int = DEFAULT_MAX_MATCHES,
     ) -> None:
         self._sampler = sampler
+        self._proc_root = proc_root
+        self._pins = pins if pins is not None else PinStore()
+        self._targets: tuple[Target, ...] = ()
+        self._logged: set[tuple[str, int, float | None]] = set()
+        self.refused: str | None = None
+        self.configure(specs, discover_pattern, max_matches)
+
+    def configure(
+        self,
+        specs: Sequence[TargetSpec],
+        discover_pattern: str | None,
+        max_matches: int = DEFAULT_MAX_MATCHES,
+    ) -> None:
+        """Take new specs and discovery settings (a reload); pins of specs still configured
+        are kept, the others dropped. Takes effect at the next :meth:`refresh`."""
+        if discover_pattern is not None:
+            check_pattern(discover_pattern, "discovery pattern")
         self._specs = tuple(specs)
         self._pattern = discover_pattern
-        self._proc_root = proc_root
-        self._targets: tuple[Target, ...] = ()
-        self._pinned: dict[str, float] = {}
-        self._reuse_logged: set[str] = set()
+        self._max_matches = max_matches
+        self._pins.retain(s.key for s in self._specs if s.pid is not None)
 
     @property
     def targets(self) -> tuple[Target, ...]:
         """The targets of the latest refresh."""
         return self._targets
 
+    @property
+    def pins(self) -> PinStore:
+        return self._pins
+
     def refresh(self) -> TargetChanges:
         """Re-resolve the specs, re-run discovery and report the difference."""
-        configured = self._pin(resolve(self._specs, self._sampler, proc_root=self._proc_root))
+        configured = self._pin(
+            resolve(
+                self._specs, self._sampler, proc_root=self._proc_root,
+                max_matches=self._max_matches,
+            )
+        )  # fmt: skip
         merged = list(configured)
         if self._pattern is not None:
             taken_pids = {t.pid for t in configured}
             taken_keys = {t.key for t in configured}
-            for t in discover(self._sampler, self._pattern, proc_root=self._proc_root):
+            for t in self._discover():
                 if t.pid in taken_pids:
                     continue
                 if t.key in taken_keys:
@@ -794,19 +912,48 @@ class TargetTracker:
         self._targets = targets
         return TargetChanges(targets, added, removed)
 
+    def _discover(self) -> list[Target]:
+        assert self._pattern is not None
+        try:
+            found = discover(
+                self._sampler, self._pattern, proc_root=self._proc_root,
+                max_matches=self._max_matches,
+            )  # fmt: skip
+        except TooManyMatches as exc:
+            if self.refused != str(exc):
+                log.error("event=discovery_refused error=%r action=manage_none", str(exc))
+            self.refused = str(exc)
+            return []
+        if self.refused is not None:
+            log.info("event=discovery_accepted pattern=%r matches=%d", self._pattern, len(found))
+        self.refused = None
+        return found
+
     def _pin(self, targets: list[Target]) -> list[Target]:
-        pid_keys = {s.key for s in self._specs if s.pid is not None}
-        out = []
-        for t in targets:
-            if t.key in pid_keys:
-                first = self._pinned.setdefault(t.key, t.start_time)
-                if first != t.start_time:
-                    if t.key not in self._reuse_logged:
-                        log.warning(
-                            "event=target_pid_reused key=%s pid=%d start_time=%.2f pinned=%.2f",
-                            t.key, t.pid, t.start_time, first,
-                        )  # fmt: skip
-                        self._reuse_logged.add(t.key)
-                    continue
-            out.append(t)
-        return out
+        """Keep a ``pid =`` target only while it is the process its pin adopted."""
+        by_key = {t.key: t for t in targets}
+        refused: set[str] = set()
+        for spec in self._specs:
+            if spec.pid is None:
+                continue
+            t = by_key.get(spec.key)
+            pin = self._pins.get(spec.key)
+            if pin is None or pin.pid != spec.pid:  # first seen: at start, or a new pid by reload
+                pin = Pin(spec.pid, t.start_time if t is not None else None)
+                self._pins.set(spec.key, pin)
+                if t is None:
+                    log.warning("event=target_pid_absent key=%s pid=%d action=never_adopt",
+                                spec.key, spec.pid)  # fmt: skip
+            if t is None or t.start_time == pin.start_time:
+                continue
+            refused.add(spec.key)
+            mark = (spec.key, t.pid, t.start_time)
+            if mark not in self._logged:
+                self._logged.add(mark)
+                log.warning(
+                    "event=target_pid_reused key=%s pid=%d start_time=%.2f pinned=%s "
+                    "action=not_adopted",
+                    t.key, t.pid, t.start_time,
+                    "absent" if pin.start_time is None else f"{pin.start_time:.2f}",
+                )  # fmt: skip
+        return [t for t in targets if t.key not in refused]

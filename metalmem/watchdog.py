@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import selectors
@@ -21,12 +20,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from .errors import Error
+from .errors import Error, NoSuchProcess
 from .eviction import EvictionMode, Plan, Planner, SkipReason
+from .gate import Refusal, SafetyGate
 from .level import Level
+from .limits import MAX_INTERVAL, check_duration
 from .pressure import Assessment, Classifier
 from .process import DEFAULT_KILL_TIMEOUT, StopRecord, StopResult, stop
+from .procstate import is_zombie
 from .sampler import ProcessMemory, Sampler, SystemMemory
+from .statefile import StateFileError, read_state, write_state
 from .targets import Target
 
 log = logging.getLogger(__name__)
@@ -115,15 +118,9 @@ class RespawnBlocks:
 
     def __init__(self, state_dir: str | None) -> None:
         self._path = os.path.join(state_dir, self.FILE) if state_dir else None
-        self._blocked: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        if self._path and os.path.exists(self._path):
-            try:
-                with open(self._path) as f:
-                    doc = json.load(f)
-                self._blocked = {str(k): dict(v) for k, v in doc.get("blocked", {}).items()}
-            except (OSError, ValueError, AttributeError) as exc:
-                log.error("event=state_file_unreadable path=%s error=%r", self._path, exc)
+        loaded = read_state(self._path, _check_blocks)
+        self._blocked: dict[str, dict[str, Any]] = dict(loaded or {})
 
     def keys(self) -> tuple[str, ...]:
         with self._lock:
@@ -154,20 +151,20 @@ class RespawnBlocks:
 
     def flush(self) -> None:
         """Write the file atomically (temp file + rename); a failure is logged, not raised."""
-        if not self._path:
-            return
         with self._lock:
             doc = {"version": 1, "blocked": dict(self._blocked)}
-        tmp = f"{self._path}.tmp"
-        try:
-            os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
-            with open(tmp, "w") as f:
-                json.dump(doc, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-        except OSError as exc:
-            log.error("event=state_file_write_failed path=%s error=%r", self._path, exc)
+        write_state(self._path, doc)
+
+
+def _check_blocks(doc: Any) -> dict[str, dict[str, Any]]:
+    """``{"version": 1, "blocked": {key: {...}}}``: every entry an object under a string key."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("blocked", {}), dict):
+        raise StateFileError('expected {"version": 1, "blocked": {KEY: {...}}}')
+    blocked = doc.get("blocked", {})
+    for key, value in blocked.items():
+        if not isinstance(value, dict):
+            raise StateFileError(f"blocked[{key!r}] is {type(value).__name__}, not an object")
+    return {str(k): dict(v) for k, v in blocked.items()}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -212,6 +209,9 @@ class State:
     busy_until: float | None = None
     """While a stop is in flight: the latest monotonic time it can end (grace + SIGKILL wait).
     The loop publishes no heartbeat meanwhile; health checks allow for it."""
+    failed: str | None = None
+    """Set when the loop thread died of an unexpected error: health checks fail from then on
+    and the agent exits non-zero so that its supervisor restarts it."""
 
 
 LevelChange = Callable[[Level, Level, Assessment], None]
@@ -219,10 +219,6 @@ LevelChange = Callable[[Level, Level, Assessment], None]
 # How a victim is stopped: the signal path by default; the Kubernetes reporter substitutes one
 # that suspends through the owning object first (metalmem.kube).
 Stopper = Callable[[Target, Sampler], StopRecord]
-
-
-def _signal_stop(target: Target, sampler: Sampler) -> StopRecord:
-    return stop(target, sampler=sampler)
 
 
 @dataclasses.dataclass
@@ -235,6 +231,8 @@ class Listeners:
     on_eviction: list[Callable[[EvictionRecord], None]] = dataclasses.field(default_factory=list)
     on_skip: list[Callable[[SkipRecord], None]] = dataclasses.field(default_factory=list)
     on_unblock: list[Callable[[tuple[str, ...]], None]] = dataclasses.field(default_factory=list)
+    on_fatal: list[Callable[[BaseException], None]] = dataclasses.field(default_factory=list)
+    """Called on the dying loop thread itself (not the notifier) when the loop fails."""
 
 
 class _Notifier:
@@ -289,7 +287,10 @@ class Watchdog:
     under pressure the wait shortens down to ``min_interval`` (see :meth:`next_wait`).
     ``events`` (optional) wakes the loop at once when the OS signals pressure; if it fails,
     the loop logs it once and goes on polling. ``stopper`` stops a victim (default:
-    :func:`metalmem.process.stop`). ``clock`` is injectable for tests.
+    :func:`metalmem.process.stop`); whichever it is, :attr:`gate` (the safety gate) checks the
+    victim right before it is called, and the default stopper asks the gate again right
+    before its first signal. ``adopted`` returns the targets as the tracker adopted them, for
+    the gate (default: the targets of the latest tick). ``clock`` is injectable for tests.
     """
 
     def __init__(
@@ -307,10 +308,12 @@ class Watchdog:
         planner: Planner | None = None,
         state_dir: str | None = None,
         stopper: Stopper | None = None,
+        adopted: Callable[[], Sequence[Target]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if interval <= 0 or min_interval <= 0 or min_interval > interval:
             raise ValueError("need 0 < min_interval <= interval")
+        check_duration("interval", interval, maximum=MAX_INTERVAL, open_min=True)
         self.sampler = sampler
         self.classifier = classifier
         self._targets = targets
@@ -330,8 +333,17 @@ class Watchdog:
         self._last_error: str | None = None
         self._level = Level.NORMAL
         self.planner = planner
-        self._stopper: Stopper = stopper or _signal_stop
+        self._stopper: Stopper = stopper or self._signal_stop
         self._blocks = RespawnBlocks(state_dir)
+        self._managed: tuple[Target, ...] = ()
+        # Identities whose stop found them gone already: never planned again (a zombie used
+        # to be "evicted" every tick, issue 13). Bounded: one entry per exited target.
+        self._spent: collections.deque[tuple[int, float]] = collections.deque(maxlen=256)
+        self.gate = SafetyGate(
+            sampler,
+            adopted if adopted is not None else lambda: self._managed,
+            lambda: self.planner.policy.floor if self.planner is not None else 1,
+        )
         self._eviction_times: collections.deque[float] = collections.deque(maxlen=1000)
         self._evictions: collections.deque[EvictionRecord] = collections.deque(maxlen=20)
         self._skips: collections.deque[SkipRecord] = collections.deque(maxlen=20)
@@ -466,7 +478,8 @@ class Watchdog:
             log.info("event=sample_recovered")
             self._last_error = None
         assessment = self.classifier.assess(system, now)
-        processes = {t.key: by_pid[t.pid] for t in targets}
+        processes = {t.key: self._live(t, by_pid[t.pid]) for t in targets}
+        self._managed = tuple(t for t in targets if isinstance(t, Target))
         plan = None
         if self.planner is not None:
             plan = self._plan_and_act(assessment, system, processes, targets, now)
@@ -505,6 +518,22 @@ class Watchdog:
         self._notify(state, assessment, old)
         return state
 
+    def _live(
+        self, target: TargetLike, sample: ProcessMemory | Error | OSError
+    ) -> ProcessMemory | Error | OSError:
+        """The sample, or NoSuchProcess for a zombie or an identity already stopped. A zombie
+        has no resident pages, so only such samples cost the extra read of its state."""
+        if not isinstance(sample, ProcessMemory):
+            return sample
+        if sample.start_time is not None and (target.pid, sample.start_time) in self._spent:
+            return NoSuchProcess("already stopped", pid=target.pid)
+        if not sample.rss and is_zombie(self.sampler.root, target.pid):
+            return NoSuchProcess("exited (zombie, not yet reaped)", pid=target.pid)
+        return sample
+
+    def _signal_stop(self, target: Target, sampler: Sampler) -> StopRecord:
+        return stop(target, sampler=sampler, gate=self.gate.check)
+
     # --- eviction ---------------------------------------------------------------------------
     def _plan_and_act(
         self,
@@ -533,7 +562,13 @@ class Watchdog:
             evictions=tuple(self._eviction_times),
             settling=self._settle is not None,
         )
-        wanted = assessment.level == Level.CRITICAL
+        # Wanted means the current sample itself says CRITICAL: while the reported level is
+        # held up by hysteresis after a recovery, nothing is wanted and nothing is skipped.
+        wanted = assessment.raw_level == Level.CRITICAL
+        if not wanted:
+            self._last_skip = None
+            self._last_dry_run = None
+            return plan
         if not plan.victims:
             self._last_dry_run = None
             if not wanted or plan.skip_reason is None:
@@ -574,6 +609,17 @@ class Watchdog:
         log.warning("event=eviction_skipped reason=%s detail=%r", rec.reason, rec.explanation)
         self._post_all(self.listeners.on_skip, rec)
 
+    def _record_refusal(self, refusal: Refusal) -> None:
+        """A stop the safety gate refused: a skip like the planner's, once per change."""
+        if refusal.reason == self._last_skip:
+            return
+        self._last_skip = refusal.reason
+        self._skip_counts[refusal.reason.value] += 1
+        rec = SkipRecord(refusal.reason, f"safety gate: {refusal.detail}", time.time())
+        self._skips.append(rec)
+        log.warning("event=eviction_skipped reason=%s detail=%r", rec.reason, rec.explanation)
+        self._post_all(self.listeners.on_skip, rec)
+
     def _record_dry_run(
         self,
         victim: Target,
@@ -610,14 +656,25 @@ class Watchdog:
     ) -> None:
         footprint = self._footprint(victim.key, processes)
         reason = assessment.top_reason.signal.value if assessment.top_reason else "-"
+        if self.planner is not None:
+            victim = dataclasses.replace(
+                victim, stop=victim.stop.with_default_grace(self.planner.policy.grace)
+            )
+        refusal = self.gate.check(victim)
+        if refusal is not None:
+            self._record_refusal(refusal)
+            return
         # Block first, so nothing can respawn it while it stops (LLMKube sets it before too).
+        # A block that was there before this stop (an earlier victim under the same key) is
+        # never cleared by this one's outcome.
+        blocked_before = victim.key in self._blocks
         self._blocks.block(victim.key, pid=victim.pid, footprint=footprint, reason=reason)
         # A stop may take the whole grace period: say until when, so /healthz does not read
         # the quiet loop as a stalled one (a liveness probe would kill us mid-eviction).
         now = self._clock()
         self._publish_heartbeat(now)
         self._state = dataclasses.replace(
-            self._state, busy_until=now + victim.stop.grace + DEFAULT_KILL_TIMEOUT
+            self._state, busy_until=now + victim.stop.grace_seconds + DEFAULT_KILL_TIMEOUT
         )
         log.warning(
             "event=evict key=%s pid=%d priority=%s footprint=%s reason=%s",
@@ -630,7 +687,10 @@ class Watchdog:
         result = self._stopper(victim, self.sampler)
         now = self._clock()
         if result.result in (StopResult.DENIED, StopResult.ALREADY_GONE):
-            self._blocks.clear_key(victim.key)
+            if not blocked_before:
+                self._blocks.clear_key(victim.key)
+            if result.result is StopResult.ALREADY_GONE:
+                self._spent.append(victim.identity)
         else:
             self._eviction_times.append(now)
         rec = EvictionRecord(
@@ -718,7 +778,22 @@ class Watchdog:
             self._count("listener_errors")
             log.exception("event=listener_error listener=%s", getattr(fn, "__name__", fn))
 
+    @property
+    def failed(self) -> str | None:
+        """Why the loop thread died, or ``None`` while it runs (or never started)."""
+        return self._state.failed
+
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the loop must never end silently (issue 13)
+            log.critical("event=loop_died error=%r action=exit", exc, exc_info=True)
+            self._state = dataclasses.replace(self._state, failed=f"{type(exc).__name__}: {exc}")
+            for fn in self.listeners.on_fatal:
+                with contextlib.suppress(Exception):
+                    fn(exc)
+
+    def _loop(self) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         if self._events is not None:

@@ -127,7 +127,8 @@ def test_parse_target_specs_reads_every_key() -> None:
     assert other.priority is Priority.NORMAL and other.protected
     assert other.stop == StopMethod(command=("kill", "{pid}"))
     assert other.stop.command_for(99) == ("kill", "99")
-    assert other.stop.signal == signal.SIGTERM and other.stop.grace == 10.0
+    assert other.stop.signal == signal.SIGTERM and other.stop.grace is None  # [eviction] grace
+    assert other.stop.grace_seconds == 10.0
 
 
 @pytest.mark.parametrize(
