@@ -53,7 +53,8 @@ DEFAULT_LISTEN = "127.0.0.1:9438"
 DEFAULT_INTERVAL = 2.0
 TARGET_REFRESH = 5.0  # seconds between re-resolving targets and re-running discovery
 ON_DEMAND_PERIOD = 1.0  # watchdog disabled: a scrape samples at most this often
-TEST_HOOKS_ENV = "METALMEM_TEST_HOOKS"  # "1": SIGUSR1 stalls/unstalls the loop (tests only)
+# "1": SIGUSR1 stalls/unstalls the loop, SIGUSR2 makes its next tick raise (tests only)
+TEST_HOOKS_ENV = "METALMEM_TEST_HOOKS"
 
 
 # --- option types ---------------------------------------------------------------------------
@@ -300,6 +301,7 @@ class Agent:
         self.durations = SampleDurations()
         self._unstalled = threading.Event()
         self._unstalled.set()
+        self._break_loop = False
         self._tracker = TargetTracker(
             sampler,
             settings.targets,
@@ -413,6 +415,8 @@ class Agent:
         if not self._unstalled.is_set():
             log.warning("event=test_stall")
             self._unstalled.wait()
+        if self._break_loop:
+            raise RuntimeError("test hook: the loop was told to fail")
         now = time.monotonic()
         if now >= self._refresh_at:
             self._refresh_at = now + TARGET_REFRESH
@@ -461,6 +465,10 @@ class Agent:
             self.settings.scope,
             self.watchdog.state.events,
         )
+
+    def break_loop(self) -> None:
+        """Test hook: the loop's next tick raises, as a bug would."""
+        self._break_loop = True
 
     def stall(self, on: bool) -> None:
         """Test hook: hold the loop inside its next tick (the heartbeat goes stale)."""
@@ -748,7 +756,7 @@ def _serve(ctx: click.Context, agent: Agent, values: Mapping[str, Any], path: st
 
     wanted = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
     if os.environ.get(TEST_HOOKS_ENV) == "1":
-        wanted.append(signal.SIGUSR1)
+        wanted += [signal.SIGUSR1, signal.SIGUSR2]
     old_fd = signal.set_wakeup_fd(w)
     old = {s: signal.signal(s, handle) for s in wanted}
     stamp = _mtime(path)
@@ -770,6 +778,8 @@ def _serve(ctx: click.Context, agent: Agent, values: Mapping[str, Any], path: st
                 elif signum == signal.SIGUSR1:
                     stalled = not stalled
                     agent.stall(stalled)
+                elif signum == signal.SIGUSR2:
+                    agent.break_loop()
             if agent.watchdog.failed is not None:
                 log.critical("event=exit reason=loop_died error=%r", agent.watchdog.failed)
                 agent.stop()
