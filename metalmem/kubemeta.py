@@ -32,9 +32,12 @@ class SpecFields:
     protected: bool | None
 
     def facts(self, local: Target, source: Metadata) -> KubeFacts:
+        """The object's priority where it sets one, else the local one. Protection is the
+        union: the ``[[target]]`` or the object can protect, and neither can lift what the
+        other set (the CRD may default ``evictionProtection: false``; that must not unprotect
+        a model its operator protected on the host)."""
         priority = Priority.parse(self.priority) if self.priority is not None else local.priority
-        protected = self.protected if self.protected is not None else local.protected
-        return KubeFacts(priority, protected, source)
+        return KubeFacts(priority, local.protected or self.protected is True, source)
 
 
 class MetadataCache:

@@ -59,7 +59,9 @@ def _agent(config: pathlib.Path, tmp: pathlib.Path, log: str, *extra: str) -> Ag
 
 
 def _stops(agent: AgentProcess, pid: int) -> list[str]:
-    return [line for line in agent.log().splitlines() if "event=stop " in line and f"pid={pid} " in line]
+    return [
+        line for line in agent.log().splitlines() if "event=stop " in line and f"pid={pid} " in line
+    ]
 
 
 def _untouched(child: Child) -> None:
@@ -122,9 +124,7 @@ def test_restart_reads_the_pins_so_a_reused_pid_is_not_adopted(
 
 
 @needs_pids
-def test_a_pid_absent_at_start_is_never_adopted(
-    tmp_path: pathlib.Path, children: Children
-) -> None:
+def test_a_pid_absent_at_start_is_never_adopted(tmp_path: pathlib.Path, children: Children) -> None:
     gone = children.spawn()
     free_pid = gone.pid
     reap(free_pid)
@@ -228,9 +228,7 @@ def _isvc(fake: object, name: str, spec: dict[str, object]) -> None:
     )
 
 
-def _kube_agent(
-    tmp: pathlib.Path, fake: object, targets: Sequence[str]
-) -> AgentProcess:
+def _kube_agent(tmp: pathlib.Path, fake: object, targets: Sequence[str]) -> AgentProcess:
     config = tmp / "agent.toml"
     _config(config, targets)
     kubeconfig = fake.write_kubeconfig(tmp / "kubeconfig", namespace="llm")  # type: ignore[attr-defined]
