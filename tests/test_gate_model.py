@@ -266,7 +266,7 @@ STEP = st.one_of(
         st.sampled_from(["pid", "cmdline"]),
         st.booleans(),
         st.booleans(),
-    ),  # fmt: skip
+    ),
     st.tuples(st.sampled_from(["exit", "zombie", "reuse", "protect"]), st.integers(0, 7)),
     st.tuples(st.sampled_from(["reload", "restart", "delay_api", "critical", "normal"])),
 )
@@ -288,7 +288,7 @@ STEP = st.one_of(
         ),
         min_size=2,
         max_size=4,
-    ),  # fmt: skip
+    ),
     steps=st.lists(STEP, min_size=4, max_size=12),
 )
 def test_only_adopted_unprotected_live_identities_are_ever_stopped(
