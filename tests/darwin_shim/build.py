@@ -9,7 +9,9 @@
 2. **build**: the cffi module ``_metalmem_darwin_shim``: csrc/metalmem.h's CDEF block plus
    shim.h's, over ``darwin_unit.c`` (darwin.c unchanged, with the shim's renames in force) and
    ``shim.c``, compiled with gcc's ``--coverage`` into ``build/darwin-shim/``.
-3. **pytest**: the darwin-backend tests and the contract tests in a fresh interpreter with
+3. **pytest**: the darwin-backend tests and the contract tests (the same
+   tests/test_sampler_contract.py and tests/test_contracts.py the Linux backend passes) in a
+   fresh interpreter with
    ``METALMEM_DARWIN_SHIM`` set: tests/conftest.py then installs the module as
    ``metalmem._native`` before metalmem is imported, so the Sampler runs on darwin.c.
 4. **coverage**: gcov's line and branch figures for csrc/darwin.c (``--min-lines`` fails the
@@ -37,7 +39,12 @@ OUT = ROOT / "build" / "darwin-shim"
 MODULE = "_metalmem_darwin_shim"
 ZIG_TARGETS = ("aarch64-macos.11.0", "x86_64-macos.10.13")
 CFLAGS = ["-std=c11", "-O0", "-g", "-Wall", "-Wextra", "-Werror", "-D_DEFAULT_SOURCE"]
-TESTS = ["tests/test_darwin_shim.py", "tests/test_contracts.py", "tests/test_darwin.py"]
+TESTS = [
+    "tests/test_darwin_shim.py",
+    "tests/test_sampler_contract.py",
+    "tests/test_contracts.py",
+    "tests/test_darwin.py",
+]
 
 
 def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:

@@ -1189,6 +1189,9 @@ const struct shim_dispatch_source_type shim_dispatch_source_type_memorypressure 
 static struct shim_dispatch_source *sources[MAX_SOURCES];
 static pthread_mutex_t sources_mutex = PTHREAD_MUTEX_INITIALIZER;
 static char dispatch_failing[16];
+static int64_t jobs_pending;  /* enqueued and not yet run, across queues */
+
+EXPORT int64_t shim_dispatch_pending(void) { return __atomic_load_n(&jobs_pending, __ATOMIC_ACQUIRE); }
 
 EXPORT void shim_dispatch_fail(const char *what)
 {
@@ -1218,6 +1221,7 @@ static void *queue_main(void *arg)
             j->source->handler(j->source->context);
         }
         free(j);
+        __atomic_sub_fetch(&jobs_pending, 1, __ATOMIC_RELEASE);
         pthread_mutex_lock(&q->mutex);
     }
     pthread_mutex_unlock(&q->mutex);
@@ -1233,6 +1237,7 @@ static void enqueue(struct shim_dispatch_source *s, int cancel, uintptr_t data)
     j->source = s;
     j->cancel = cancel;
     j->data = data;
+    __atomic_add_fetch(&jobs_pending, 1, __ATOMIC_RELEASE);
     pthread_mutex_lock(&q->mutex);
     if (q->tail)
         q->tail->next = j;

@@ -80,6 +80,8 @@ int64_t shim_cf_objects_live(void);
 void shim_dispatch_fail(const char *what);
 int shim_pressure_fire(uint64_t flags);
 int shim_pressure_sources(void);
+/* Handler and cancel jobs enqueued and not yet run, across queues. */
+int64_t shim_dispatch_pending(void);
 
 /* libc: the next call of "calloc", "pipe", "fcntl", "read" or "write" (darwin.c's calls only)
    after `after` successful ones fails with err. */
