@@ -568,7 +568,8 @@ def test_processes_map_each_libproc_failure(call: int, err: int, expected: type)
 
 
 def test_processes_another_users_process_needs_root() -> None:
-    # proc_pid_rusage: the caller's uid or root (§3.1). Answer as uid 501 (a Mac's first user).
+    # PROC_PIDTBSDINFO and proc_pid_rusage: the caller's uid or root (§3.1; xnu proc_info.c).
+    # Answer as uid 501 (a Mac's first user) about a process of root's.
     lib.shim_proc_set(4244, 0, 1, 0, MIB, MIB, 0, MIB)
     lib.shim_caller_uid(501)
     with Sampler() as s:
@@ -576,8 +577,37 @@ def test_processes_another_users_process_needs_root() -> None:
         lib.shim_caller_uid(0)
         allowed = s.processes([4244])[4244]
     assert isinstance(denied, metalmem.AccessDenied) and denied.pid == 4244
-    assert "proc_pid_rusage" in str(denied)
+    assert "proc_pidinfo" in str(denied)
     assert isinstance(allowed, metalmem.ProcessMemory)
+
+
+def test_doctor_names_targets_a_non_root_agent_cannot_read(
+    children: Any, tmp_path: pathlib.Path
+) -> None:
+    # The case: the agent runs as uid 501 and llama-server as another user. The
+    # tracker cannot adopt it (no start time), and doctor must say why and how to fix it.
+    from metalmem_cli.config import load_config
+    from metalmem_cli.doctor import DoctorOptions, Verdict, gather_facts, run_checks
+
+    child = children.spawn()
+    lib.shim_proc_set(child.pid, 502, 1_780_000_000, 0, GIB, 40 * GIB, 0, 41 * GIB)
+    lib.shim_caller_uid(501)
+    config = tmp_path / "metalmem.toml"
+    config.write_text(f'[[target]]\nname = "llama"\npid = {child.pid}\n')
+    with Sampler() as s:
+        facts = gather_facts(
+            DoctorOptions(listen=("127.0.0.1", 0), config=load_config(str(config))),
+            s,
+            platform="darwin",
+            sysctl={}.get,
+            launchd_dir=str(tmp_path),
+            geteuid=lambda: 501,
+        )
+    f = {f.check: f for f in run_checks(facts)}["targets.sized"]
+    assert facts.targets == 0  # not adopted: this was the silent case
+    assert f.verdict is Verdict.FAIL, f
+    assert f"pid {child.pid}" in f.finding and "not adopted" in f.finding
+    assert "EPERM" in f.finding and f.fix is not None and "LaunchDaemons" in f.fix
 
 
 def test_processes_of_real_children_and_a_gone_one(children: Any) -> None:

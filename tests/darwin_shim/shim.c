@@ -490,6 +490,13 @@ int proc_pidinfo(int pid, int flavor, uint64_t arg, void *buffer, int buffersize
         errno = p.fail_err;
         return 0;
     }
+    /* xnu bsd/kern/proc_info.c proc_pidinfo: PROC_PIDTBSDINFO is not among the flavors that
+       "don't require privileges", so proc_security_policy(CHECK_SAME_USER) refuses another
+       user's process unless the caller is root. */
+    if (p.uid != caller() && caller() != 0) {
+        errno = EPERM;
+        return 0;
+    }
     memset(&bsd, 0, sizeof bsd);
     bsd.pbi_pid = (uint32_t)pid;
     bsd.pbi_uid = bsd.pbi_ruid = bsd.pbi_svuid = p.uid;

@@ -40,7 +40,8 @@ void shim_clock_fail(int32_t on);
 
 /* Processes. A pid set here answers with these values; any other pid is answered from the
    Linux process of that pid (start time, rss, peak from /proc), with macOS's rule: another
-   user's process gives EPERM to proc_pid_rusage unless we are root, a gone one ESRCH.
+   user's process gives EPERM to PROC_PIDTBSDINFO and proc_pid_rusage unless we are root
+   (xnu proc_info.c, CHECK_SAME_USER), a gone one ESRCH.
    shim_proc_fail: call 0 proc_pidinfo, 1 proc_pid_rusage; err < 0: a short pidinfo reply. */
 int shim_proc_set(int32_t pid, uint32_t uid, uint64_t start_sec, uint64_t start_usec,
                   uint64_t rss, uint64_t footprint, uint64_t wired, uint64_t peak);
