@@ -202,6 +202,47 @@ def test_system_falls_back_to_host_statistics_when_a_fast_sysctl_is_missing() ->
     assert m.free == 355378 * 16384  # host_statistics64's free_count - speculative
 
 
+@pytest.mark.parametrize(
+    "name", ["free", "speculative", "pageable_internal", "pageable_external", "purgeable"]
+)
+def test_system_uses_no_fast_counter_unless_all_five_are_there(name: str) -> None:
+    # All five or none, so one sample never mixes two sources for one group of pages.
+    names = ("free", "speculative", "pageable_internal", "pageable_external", "purgeable")
+    for other in names:
+        lib.shim_sysctl_remove(f"vm.page_{other}_count".encode())
+    with Sampler() as s:
+        m = s.system()
+        baseline = (m.free, m.available, m.wired, m.compressed)
+    for other in names:  # values host_statistics64 does not have: any use would show
+        if other != name:
+            lib.shim_sysctl_set(f"vm.page_{other}_count".encode(), 7, 4)
+    with Sampler() as s:
+        m = s.system()
+    assert (m.free, m.available, m.wired, m.compressed) == baseline
+
+
+def test_system_clamps_a_torn_read_with_more_speculative_than_free_pages() -> None:
+    lib.shim_vm_set(b"free_count", 10)
+    lib.shim_vm_set(b"speculative_count", 20)
+    lib.shim_sysctl_remove(b"vm.page_free_count")  # host_statistics64's figures are used
+    with Sampler() as s:
+        assert s.system().free == 0
+
+
+def test_system_total_is_unknown_to_the_kernel_when_hw_memsize_is_zero() -> None:
+    lib.shim_sysctl_set(b"hw.memsize", 0, 8)
+    with Sampler() as s:
+        m = s.system()
+    assert m.total is not None and 15 * GIB < m.total < 16 * GIB  # the page sum instead
+
+
+def test_system_keeps_swap_unknown_when_vm_swapusage_cannot_be_read() -> None:
+    lib.shim_sysctl_fail(b"vm.swapusage", errno.EPERM)
+    with Sampler() as s:
+        m = s.system()
+    assert (m.swap_total, m.swap_used) == (None, None)
+
+
 def test_system_keeps_the_fast_counters_fresh_while_host_statistics_is_rate_limited() -> None:
     with Sampler() as s:
         before = s.system()
@@ -458,6 +499,7 @@ def test_gpu_other_indexes_do_not_exist() -> None:
         ({"iogpu.wired_limit_mb": 0}, 11453251584),  # 0: the default policy (§4.5)
         ({"iogpu.wired_limit_mb": None, "debug.iogpu.wired_limit": 20 * GIB}, 20 * GIB),
         ({"iogpu.wired_limit_mb": None}, 11453251584),  # macOS 12: neither sysctl
+        ({"iogpu.wired_limit_mb": None, "debug.iogpu.wired_limit": 0}, 11453251584),
         ({"iogpu.wired_limit_mb": 1 << 50}, 11453251584),  # overflows bytes: not believed
     ],
 )
@@ -703,15 +745,18 @@ def test_events_close_cancels_the_source_and_closes_the_fd() -> None:
         (("dispatch", "source"), metalmem.Unsupported, errno.ENOTSUP),
         (("libc", "pipe"), OSError, errno.EMFILE),
         (("libc", "fcntl"), OSError, errno.EBADF),
+        (("libc", "fcntl", 1), OSError, errno.EBADF),  # F_SETFL
+        (("libc", "fcntl", 2), OSError, errno.EBADF),  # F_SETFD
+        (("libc", "fcntl", 3), OSError, errno.EBADF),  # the write end's F_GETFL
         (("libc", "calloc"), OSError, errno.ENOMEM),
     ],
 )
-def test_events_open_reports_each_failure(fail: tuple[str, str], expected: type, err: int) -> None:
+def test_events_open_reports_each_failure(fail: tuple[Any, ...], expected: type, err: int) -> None:
     with Sampler() as s:
         if fail[0] == "dispatch":
             lib.shim_dispatch_fail(fail[1].encode())
         else:
-            lib.shim_libc_fail(fail[1].encode(), err, 0)
+            lib.shim_libc_fail(fail[1].encode(), err, fail[2] if len(fail) > 2 else 0)
         with pytest.raises(expected) as info:
             s.events()
     assert info.value.errno == err
