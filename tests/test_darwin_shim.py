@@ -382,6 +382,19 @@ def test_gpu_reads_an_ioaccelerator_dictionary_recorded_on_an_m1_pro() -> None:
     assert lib.shim_metal_calls(b"?") == 0  # no selector the fake does not know
 
 
+def test_gpu_headroom_fires_for_metal_buffers_held_by_another_process() -> None:
+    # The case, on the 16 GB M1 (ceiling 10.7 GiB): llama-server holds 10.5 GiB of
+    # Metal buffers. The IORegistry sees them; the agent's own device (currentAllocatedSize,
+    # 1 MiB here) would not, and neither would all wired memory (2.2 GiB) as a fallback.
+    lib.shim_accel_number(0, b"In use system memory", 10_500 * MIB)
+    with Sampler() as s:
+        m = s.system()
+    a = metalmem.Classifier(metalmem.PressurePolicy()).assess(m)
+    votes = {r.signal: r.level for r in a.reasons}
+    assert votes == {metalmem.Signal.GPU_HEADROOM: Level.CRITICAL}, a.reasons
+    assert a.level is Level.CRITICAL and a.actionable  # a hard signal: acts at once
+
+
 @pytest.mark.parametrize("missing", ["In use system memory", "Alloc system memory"])
 def test_gpu_reports_none_for_each_missing_key(missing: str) -> None:
     lib.shim_accel_clear()

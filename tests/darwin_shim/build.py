@@ -93,7 +93,9 @@ def build() -> pathlib.Path:
         libraries=["pthread"],
     )
     OUT.mkdir(parents=True, exist_ok=True)
-    for stale in OUT.rglob("*.gcda"):
+    # Objects too: distutils compares a source's mtime only, and darwin_unit.c includes
+    # darwin.c, whose edits it would not see.
+    for stale in [*OUT.rglob("*.gcda"), *OUT.rglob("*.o")]:
         stale.unlink()
     with contextlib.redirect_stdout(io.StringIO()):
         ffi.compile(tmpdir=str(OUT))
