@@ -9,7 +9,7 @@
  *
  * GPU memory in use is the system's, not this process's: the IORegistry's IOAccelerator
  * "PerformanceStatistics" dictionary ("In use system memory", "Alloc system memory"; §6,
- * docs/wired-memory.md §9), the figure Activity Monitor-like tools read without root. Metal's
+ * docs/wired-memory.md §9), readable without root (scalene reads it through ioreg). Metal's
  * currentAllocatedSize counts only the allocations of the device object this process created
  * (ours: none), so it never feeds the signal; Metal still gives the ceiling and the name.
  *
@@ -116,8 +116,10 @@ typedef void (*cf_release_fn)(cf_ref);
 
 enum { ACCEL_IN_USE, ACCEL_ALLOC, ACCEL_KEYS };
 
-/* "In use system memory" is what the GPU's allocations hold now, "Alloc system memory" what
-   the driver has reserved for them (exelban/stats#1094: 340983808 of 1214005248 on an M1 Pro). */
+/* "In use system memory" is what the GPU's allocations of every process hold now; "Alloc
+   system memory" is the larger figure the driver reports beside it, whose exact meaning Apple
+   does not document (docs/wired-memory.md §10). exelban/stats#1094, an M1 Pro on macOS 12.6:
+   340983808 in use, 1214005248 allocated. */
 static const char *const accel_keys[ACCEL_KEYS] = {"In use system memory", "Alloc system memory"};
 
 struct accel {
