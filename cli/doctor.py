@@ -33,7 +33,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import click
 
@@ -60,6 +60,7 @@ __all__ = [
     "KubeProbe",
     "ModelFile",
     "PortProbe",
+    "UnsizedTarget",
     "Verdict",
     "cgroup_layout",
     "doctor",
@@ -168,6 +169,22 @@ class BootPlist:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class UnsizedTarget:
+    """A process a target names whose memory the sampler could not read: ``denied`` when the
+    OS refused (another user's process and the agent is not root), ``adopted`` whether it
+    became a target at all (macOS refuses even its start time, so it does not), ``owner_uid``
+    its owner (``None`` if unknown), ``error`` what the sampler said. ``key`` is the target's,
+    or the process's command name when it was not adopted."""
+
+    key: str
+    pid: int
+    denied: bool
+    owner_uid: int | None
+    error: str
+    adopted: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class CgroupLayout:
     """Which cgroup hierarchies are mounted: ``version`` is ``v2``, ``v1``, ``hybrid`` (v1
     controllers plus a cgroup2 mount) or ``none``; ``memory`` where the memory controller is
@@ -183,7 +200,8 @@ class HostFacts:
 
     ``psi_trigger_error`` is ``None`` when a PSI trigger could be opened (Linux);
     ``wired_limit_mb`` is ``iogpu.wired_limit_mb`` (macOS 14+, 0 = the default policy);
-    ``managed_footprint`` the sum of the targets' footprints.
+    ``managed_footprint`` the sum of the targets' footprints; ``unsized`` the live targets
+    without one and ``agent_uid`` the effective uid doctor runs as (the agent's, when run as it).
     """
 
     platform: str
@@ -201,6 +219,8 @@ class HostFacts:
     nvidia_driver: bool = False
     targets: int = 0
     managed_footprint: int | None = None
+    unsized: tuple[UnsizedTarget, ...] = ()
+    agent_uid: int | None = None
     models: tuple[ModelFile, ...] = ()
     agents: tuple[AgentProcess, ...] = ()
     port: PortProbe | None = None
@@ -732,6 +752,45 @@ def check_kube(facts: HostFacts) -> Result:
     return Verdict.FAIL, f"Kubernetes unreachable: {k.error}", fix
 
 
+def check_targets_sized(facts: HostFacts) -> Result:
+    """A target whose memory cannot be read is never evicted (docs/configuration.md, "Targets
+    the agent cannot size"): with every target so, the agent protects nothing."""
+    if not facts.unsized:
+        if not facts.targets:
+            return Verdict.OK, "no targets configured or discovered", None
+        return Verdict.OK, f"all {facts.targets} target(s) sized", None
+    names = ", ".join(
+        f"{u.key} (pid {u.pid}, uid {'?' if u.owner_uid is None else u.owner_uid}"
+        f"{'' if u.adopted else ', not adopted'})"
+        for u in facts.unsized
+    )
+    named = facts.targets + sum(1 for u in facts.unsized if not u.adopted)
+    sized = named - len(facts.unsized)
+    verdict = Verdict.FAIL if sized == 0 else Verdict.WARN
+    finding = f"{len(facts.unsized)} of {named} target process(es) unsized, never evicted: {names}"
+    denied = [u for u in facts.unsized if u.denied]
+    if denied and facts.agent_uid != 0:
+        call = "proc_pid_rusage" if facts.platform == "darwin" else "/proc/PID"
+        owners = sorted({u.owner_uid for u in denied if u.owner_uid is not None})
+        finding += (
+            f"; the agent runs as uid {facts.agent_uid}, not root, and the OS refuses it "
+            f"another user's process ({call}: EPERM), to size and to stop alike"
+        )
+        uids = f" (uid {', '.join(map(str, owners))})" if owners else ""
+        fix = (
+            "run the agent as root: sudo cp deploy/launchd/io.metalmem.agent.plist "
+            "/Library/LaunchDaemons/ && sudo launchctl bootstrap system "
+            "/Library/LaunchDaemons/io.metalmem.agent.plist; or as the targets' user"
+            f"{uids}: add UserName to that plist"
+            if facts.platform == "darwin"
+            else "run the agent as root (deploy/systemd/metalmem.service); or as the targets' "
+            f"user{uids}: add User= to that unit"
+        )
+        return verdict, finding, fix
+    errors = "; ".join(f"{u.key}: {u.error}" for u in facts.unsized)
+    return verdict, f"{finding} ({errors})", "metalmem-agent snapshot --pid PID shows each error"
+
+
 class Check(NamedTuple):
     """One row of :data:`CHECKS`: a stable name, where it applies, and the pure check."""
 
@@ -753,6 +812,7 @@ CHECKS: tuple[Check, ...] = (
     Check("psi", LINUX, check_psi),
     Check("psi.trigger", LINUX, check_psi_trigger),
     Check("cgroup", LINUX, check_cgroup),
+    Check("targets.sized", EVERYWHERE, check_targets_sized),
     Check("agent.priority", EVERYWHERE, check_agent_priority),
     Check("http.port", EVERYWHERE, check_port),
     Check("kube", EVERYWHERE, check_kube, lambda facts: facts.kube is not None),
@@ -922,6 +982,70 @@ def _models(
     return out
 
 
+def _owner_uid(platform: str, pid: int) -> int | None:
+    """The uid owning ``pid``: /proc/PID's owner on Linux, ``ps -o uid=`` on macOS."""
+    try:
+        if platform == "linux":
+            return os.stat(f"/proc/{pid}").st_uid
+        out = subprocess.run(
+            ["ps", "-o", "uid=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=SYSCTL_TIMEOUT,
+            check=True,
+        ).stdout
+        return int(out.strip())
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+class _DenialRecorder:
+    """The sampler as the target tracker sees it, noting each pid the OS refused to read.
+
+    The tracker leaves such a process out (without its start time it has no identity, so it
+    cannot be a target: macOS refuses PROC_PIDTBSDINFO for another user's process); doctor
+    names it instead of reporting that there is nothing to manage.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self._sampler = sampler
+        self.denied: dict[int, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sampler, name)
+
+    def processes(self, pids: Iterable[int]) -> dict[int, Any]:
+        out = self._sampler.processes(pids)
+        for pid, rec in out.items():
+            if isinstance(rec, metalmem.AccessDenied):
+                self.denied[pid] = str(rec)
+        return out
+
+
+def _unsized(
+    platform: str,
+    targets: Sequence[Any],
+    samples: Mapping[int, Any],
+    denied: Mapping[int, str],
+    table: Mapping[int, Sequence[str]],
+) -> tuple[UnsizedTarget, ...]:
+    out = []
+    adopted = {t.pid for t in targets}
+    for t in targets:
+        s = samples.get(t.pid)
+        if isinstance(s, metalmem.AccessDenied):
+            out.append(UnsizedTarget(t.key, t.pid, True, _owner_uid(platform, t.pid), str(s)))
+        elif isinstance(s, ProcessMemory) and s.footprint is None:
+            owner = _owner_uid(platform, t.pid)
+            out.append(UnsizedTarget(t.key, t.pid, False, owner, "footprint unknown"))
+    for pid, error in sorted(denied.items()):
+        if pid not in adopted:
+            argv = table.get(pid) or (f"pid {pid}",)
+            name = os.path.basename(argv[0])
+            out.append(UnsizedTarget(name, pid, True, _owner_uid(platform, pid), error, False))
+    return tuple(out)
+
+
 def _agents(platform: str, table: Mapping[int, Sequence[str]]) -> tuple[AgentProcess, ...]:
     found = []
     for pid, argv in sorted(table.items()):
@@ -1026,11 +1150,13 @@ def gather_facts(
     platform: str = sys.platform,
     sysctl: Callable[[str], str | None] = read_sysctl,
     launchd_dir: str = LAUNCHD_DIR,
+    geteuid: Callable[[], int] = os.geteuid,
 ) -> HostFacts:
     """Read every fact the checks need, once; never raises for the host's sake.
 
     ``sampler`` is the real :class:`metalmem.Sampler` (tests of the macOS rows pass a double
-    built from recorded values); ``sysctl`` reads one macOS sysctl as text.
+    built from recorded values); ``sysctl`` reads one macOS sysctl as text; ``geteuid`` is
+    the uid the agent is taken to run as.
     """
     config = options.config
     pressure = config.pressure if config is not None else PressurePolicy()
@@ -1064,7 +1190,9 @@ def gather_facts(
         facts["nvidia_driver"] = os.path.exists("/proc/driver/nvidia/version")
 
     specs = config.targets if config is not None else ()
-    targets = TargetTracker(sampler, specs, discover_pattern=options.discover).refresh().targets
+    recorder = _DenialRecorder(sampler)
+    tracker = TargetTracker(cast(Sampler, recorder), specs, discover_pattern=options.discover)
+    targets = tracker.refresh().targets
     samples = sampler.processes(t.pid for t in targets) if targets else {}
     footprints = [
         p.footprint
@@ -1089,6 +1217,8 @@ def gather_facts(
         pressure=pressure,
         targets=len(targets),
         managed_footprint=sum(footprints) if footprints else None,
+        unsized=_unsized(platform, targets, samples, recorder.denied, table),
+        agent_uid=geteuid(),
         models=tuple(models),
         agents=_agents(platform, table),
         port=port,

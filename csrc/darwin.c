@@ -3,9 +3,15 @@
  * vm.swapusage, kern.memorystatus_vm_pressure_level, proc_pid_rusage + proc_pidinfo per
  * process, Metal through the Objective-C runtime, and a dispatch memory-pressure source.
  *
- * Links against libSystem only: libobjc and Metal are dlopen'ed by mm_open, so the module loads
- * and samples everything but the GPU where Metal is absent (STYLE rule 12). Facts, units and
- * traps are cited by section of reference/macos-memory.md.
+ * Links against libSystem only: libobjc, Metal, IOKit and CoreFoundation are dlopen'ed by
+ * mm_open, so the module loads and samples everything but the GPU where they are absent (STYLE
+ * rule 12). Facts, units and traps are cited by section of reference/macos-memory.md.
+ *
+ * GPU memory in use is the system's, not this process's: the IORegistry's IOAccelerator
+ * "PerformanceStatistics" dictionary ("In use system memory", "Alloc system memory"; §6,
+ * docs/wired-memory.md §9), readable without root (scalene reads it through ioreg). Metal's
+ * currentAllocatedSize counts only the allocations of the device object this process created
+ * (ours: none), so it never feeds the signal; Metal still gives the ceiling and the name.
  *
  * Rate limit (§1.3; xnu osfmk/kern/host.c rate_limit_host_statistics): a non-platform binary
  * gets 2..10 fresh host_statistics64 replies per 1 s window, a window shared with every other
@@ -37,12 +43,13 @@
 
 enum {
     CALL_NONE, CALL_OPEN_SCOPE, CALL_HOST_STATISTICS, CALL_PROC_PIDINFO, CALL_PROC_RUSAGE,
-    CALL_METAL, CALL_PIPE, CALL_DISPATCH, CALL_ALLOC, CALL_UNSUPPORTED, CALL_COUNT
+    CALL_GPU, CALL_PIPE, CALL_DISPATCH, CALL_ALLOC, CALL_UNSUPPORTED, CALL_COUNT
 };
 
 static const char *const call_names[CALL_COUNT] = {
     "", "open cgroup scope (macOS has none)", "host_statistics64(HOST_VM_INFO64)",
-    "proc_pidinfo(PROC_PIDTBSDINFO)", "proc_pid_rusage(RUSAGE_INFO_V4)", "Metal device",
+    "proc_pidinfo(PROC_PIDTBSDINFO)", "proc_pid_rusage(RUSAGE_INFO_V4)",
+    "GPU (Metal device or IOAccelerator)",
     "pipe", "dispatch_source_create(MEMORYPRESSURE)", "allocate", "not on macOS",
 };
 
@@ -77,10 +84,56 @@ struct metal {
     objc_fn msg;
     id device;                  /* retained by mm_open, released by mm_close */
     SEL max_working_set;        /* NULL where the device does not respond to it */
-    SEL allocated;
     SEL release;
     int32_t unified;            /* -1: unknown */
     char name[96];
+};
+
+/*
+ * IOKit and CoreFoundation, resolved with dlsym (§6). The SDK's types are spelled out here:
+ * io_object_t is a mach_port_t (IOKit/IOTypes.h), CFTypeRef a const void *, CFIndex a signed
+ * long, CFStringEncoding and IOOptionBits 32-bit; zig's Apple headers have no IOKit or
+ * CoreFoundation, and the dylib must not link them (check_darwin.py).
+ */
+typedef const void *cf_ref;
+typedef unsigned long cf_type_id;
+typedef mach_port_t io_object;
+typedef cf_ref (*io_matching_fn)(const char *);
+typedef kern_return_t (*io_services_fn)(mach_port_t, cf_ref, io_object *);
+typedef io_object (*io_next_fn)(io_object);
+typedef cf_ref (*io_property_fn)(io_object, cf_ref, cf_ref, uint32_t);
+typedef kern_return_t (*io_release_fn)(io_object);
+typedef cf_ref (*cf_string_fn)(cf_ref, const char *, uint32_t);
+typedef cf_ref (*cf_get_value_fn)(cf_ref, const void *);
+typedef cf_type_id (*cf_type_of_fn)(cf_ref);
+typedef cf_type_id (*cf_type_id_fn)(void);
+typedef unsigned char (*cf_number_value_fn)(cf_ref, long, void *);
+typedef void (*cf_release_fn)(cf_ref);
+
+#define CF_STRING_ENCODING_UTF8 0x08000100u  /* kCFStringEncodingUTF8 */
+#define CF_NUMBER_SINT64 4L                  /* kCFNumberSInt64Type */
+#define IO_MAIN_PORT_DEFAULT MACH_PORT_NULL  /* kIOMainPortDefault (kIOMasterPortDefault) */
+
+enum { ACCEL_IN_USE, ACCEL_ALLOC, ACCEL_KEYS };
+
+/* "In use system memory" is what the GPU's allocations of every process hold now; "Alloc
+   system memory" is the larger figure the driver reports beside it, whose exact meaning Apple
+   does not document (docs/wired-memory.md §10). exelban/stats#1094, an M1 Pro on macOS 12.6:
+   340983808 in use, 1214005248 allocated. */
+static const char *const accel_keys[ACCEL_KEYS] = {"In use system memory", "Alloc system memory"};
+
+struct accel {
+    void *iokit, *cf;
+    io_property_fn property;
+    io_release_fn release;
+    cf_get_value_fn get_value;
+    cf_type_of_fn type_of;
+    cf_number_value_fn number_value;
+    cf_release_fn cf_release;
+    cf_type_id dict_type, number_type;
+    io_object service;          /* the first IOAccelerator with PerformanceStatistics; 0: none */
+    cf_ref stats_key;
+    cf_ref keys[ACCEL_KEYS];
 };
 
 struct mm_handle {
@@ -93,6 +146,7 @@ struct mm_handle {
     struct mib wired_limit_mb, wired_limit_bytes;                 /* per slow period */
     struct mm_system slow;      /* host_statistics64 and GPU parts of the last slow refresh */
     struct metal metal;
+    struct accel accel;
 };
 
 int mm_abi_version(void) { return MM_ABI_VERSION; }
@@ -244,14 +298,11 @@ static void metal_load(struct metal *m)
         query = sel("respondsToSelector:");
         m->release = sel("release");
         m->max_working_set = sel("recommendedMaxWorkingSetSize");
-        m->allocated = sel("currentAllocatedSize");
         unified = sel("hasUnifiedMemory");
         name = sel("name");
         utf8 = sel("UTF8String");
         if (!responds(m, responds_to, query, m->max_working_set))
             m->max_working_set = NULL;  /* macOS < 10.12 */
-        if (!responds(m, responds_to, query, m->allocated))
-            m->allocated = NULL;        /* macOS < 10.13 */
         if (responds(m, responds_to, query, unified))
             m->unified = ((msg_bool_fn)m->msg)(m->device, unified) ? 1 : 0;
         if (responds(m, responds_to, query, name)) {
@@ -297,12 +348,123 @@ static int metal_working_set(struct metal *m, uint64_t *out)
     return 0;
 }
 
-static int metal_allocated(struct metal *m, uint64_t *out)
+/* ---------------------------------------------------------------------------------------
+ * IOAccelerator PerformanceStatistics through IOKit and CoreFoundation (§6)
+ */
+
+static void accel_close(struct accel *a)
 {
-    if (!m->device || !m->allocated)
-        return -ENOTSUP;
-    *out = (uint64_t)((msg_ulong_fn)m->msg)(m->device, m->allocated);
+    if (a->service)
+        (void)a->release(a->service);  /* nothing to do on failure */
+    for (int i = 0; i < ACCEL_KEYS; i++)
+        if (a->keys[i])
+            a->cf_release(a->keys[i]);
+    if (a->stats_key)
+        a->cf_release(a->stats_key);
+    if (a->cf)
+        dlclose(a->cf);
+    if (a->iokit)
+        dlclose(a->iokit);
+    memset(a, 0, sizeof *a);
+}
+
+/* The service's PerformanceStatistics, or NULL where it has none (or not a dictionary). The
+   caller releases it. */
+static cf_ref accel_stats(struct accel *a, io_object service)
+{
+    cf_ref d = a->property(service, a->stats_key, NULL, 0);
+    if (d && a->type_of(d) != a->dict_type) {
+        a->cf_release(d);
+        d = NULL;
+    }
+    return d;
+}
+
+/* Resolve IOKit and CoreFoundation and keep the first IOAccelerator service that publishes
+   PerformanceStatistics. Apple Silicon has one (AGXAccelerator*); a Mac with several GPUs
+   (Intel + AMD) lists the integrated one first, whose keys differ (docs/wired-memory.md §10).
+   Anything missing leaves a->service 0: GPU use is then unknown, not 0. */
+static void accel_load(struct accel *a)
+{
+    io_matching_fn matching;
+    io_services_fn services;
+    io_next_fn next;
+    cf_string_fn string;
+    cf_type_id_fn dict_id, number_id;
+    io_object it = 0, s;
+
+    a->iokit = dlopen("/System/Library/Frameworks/IOKit.framework/IOKit", RTLD_NOW | RTLD_LOCAL);
+    a->cf = dlopen("/System/Library/Frameworks/CoreFoundation.framework/CoreFoundation",
+                   RTLD_NOW | RTLD_LOCAL);
+    if (!a->iokit || !a->cf)
+        goto absent;
+    matching = (io_matching_fn)dlsym(a->iokit, "IOServiceMatching");
+    services = (io_services_fn)dlsym(a->iokit, "IOServiceGetMatchingServices");
+    next = (io_next_fn)dlsym(a->iokit, "IOIteratorNext");
+    a->property = (io_property_fn)dlsym(a->iokit, "IORegistryEntryCreateCFProperty");
+    a->release = (io_release_fn)dlsym(a->iokit, "IOObjectRelease");
+    string = (cf_string_fn)dlsym(a->cf, "CFStringCreateWithCString");
+    a->get_value = (cf_get_value_fn)dlsym(a->cf, "CFDictionaryGetValue");
+    a->type_of = (cf_type_of_fn)dlsym(a->cf, "CFGetTypeID");
+    dict_id = (cf_type_id_fn)dlsym(a->cf, "CFDictionaryGetTypeID");
+    number_id = (cf_type_id_fn)dlsym(a->cf, "CFNumberGetTypeID");
+    a->number_value = (cf_number_value_fn)dlsym(a->cf, "CFNumberGetValue");
+    a->cf_release = (cf_release_fn)dlsym(a->cf, "CFRelease");
+    if (!matching || !services || !next || !a->property || !a->release || !string ||
+        !a->get_value || !a->type_of || !dict_id || !number_id || !a->number_value ||
+        !a->cf_release)
+        goto absent;
+    a->dict_type = dict_id();
+    a->number_type = number_id();
+    a->stats_key = string(NULL, "PerformanceStatistics", CF_STRING_ENCODING_UTF8);
+    for (int i = 0; i < ACCEL_KEYS; i++)
+        a->keys[i] = string(NULL, accel_keys[i], CF_STRING_ENCODING_UTF8);
+    if (!a->stats_key || !a->keys[ACCEL_IN_USE] || !a->keys[ACCEL_ALLOC])
+        goto absent;
+    /* IOServiceGetMatchingServices consumes the matching dictionary, even on failure. */
+    if (services(IO_MAIN_PORT_DEFAULT, matching("IOAccelerator"), &it) != KERN_SUCCESS)
+        goto absent;
+    while ((s = next(it)) != 0) {
+        cf_ref d = a->service ? NULL : accel_stats(a, s);
+        if (d) {
+            a->cf_release(d);
+            a->service = s;
+        } else {
+            (void)a->release(s);
+        }
+    }
+    (void)a->release(it);
+    if (a->service)
+        return;
+absent:
+    accel_close(a);
+}
+
+/* One number of the dictionary, checked: a missing key, another type or a value that does not
+   fit an int64 >= 0 is unknown (-ENOENT), never 0. */
+static int accel_number(struct accel *a, cf_ref stats, int key, uint64_t *out)
+{
+    cf_ref v = a->get_value(stats, a->keys[key]);
+    int64_t n;
+    if (!v || a->type_of(v) != a->number_type || !a->number_value(v, CF_NUMBER_SINT64, &n) ||
+        n < 0)
+        return -ENOENT;
+    *out = (uint64_t)n;
     return 0;
+}
+
+/* Read the system-wide figures into values[ACCEL_KEYS]; returns a bitmask of those known. */
+static unsigned accel_read(struct accel *a, uint64_t values[ACCEL_KEYS])
+{
+    unsigned known = 0;
+    cf_ref d;
+    if (!a->service || !(d = accel_stats(a, a->service)))
+        return 0;
+    for (int i = 0; i < ACCEL_KEYS; i++)
+        if (accel_number(a, d, i, &values[i]) == 0)
+            known |= 1u << i;
+    a->cf_release(d);
+    return known;
 }
 
 /* The GPU's wiring budget: iogpu.wired_limit_mb when an administrator set it (macOS 14+, MB;
@@ -363,6 +525,7 @@ int mm_open(const char *root, const char *scope, mm_handle **out, struct mm_erro
         }
     }
     metal_load(&h->metal);
+    accel_load(&h->accel);
     *out = h;
     return 0;
 }
@@ -372,6 +535,7 @@ void mm_close(mm_handle *h)
     if (!h)
         return;
     metal_close(&h->metal);
+    accel_close(&h->accel);
     if (h->host != MACH_PORT_NULL)
         (void)mach_port_deallocate(mach_task_self(), h->host);  /* nothing to do on failure */
     free(h);
@@ -380,7 +544,7 @@ void mm_close(mm_handle *h)
 uint64_t mm_capabilities(mm_handle *h)
 {
     uint64_t caps = MM_CAP_EVENTS;
-    if (h->metal.device)
+    if (h->metal.device || h->accel.service)
         caps |= MM_CAP_GPU;
     return caps;
 }
@@ -396,14 +560,17 @@ static int refresh_slow(mm_handle *h, double now, struct mm_error *err)
     mach_msg_type_number_t count = HOST_VM_INFO64_COUNT;
     struct mm_system s;
     kern_return_t kr;
-    uint64_t v;
+    uint64_t v, gpu[ACCEL_KEYS];
 
     memset(&vm, 0, sizeof vm);
     kr = host_statistics64(h->host, HOST_VM_INFO64, (host_info64_t)&vm, &count);
     if (kr != KERN_SUCCESS)
         return fail(err, CALL_HOST_STATISTICS, kern_errno(kr));
-    /* REV0 (count REV1 - 14) lacks the compressor and internal/external fields (§1.1). */
-    if (count < HOST_VM_INFO64_COUNT)
+    /* The kernel fills the revisions it knows and says which in count (xnu host.c
+       host_statistics64: "*count = HOST_VM_INFO64_REV1_COUNT" ...), so a kernel older than
+       the SDK answers short of HOST_VM_INFO64_COUNT (macOS 26's SDK has REV6). Everything
+       read here is in REV1; REV0 lacks the compressor and internal/external fields (§1.1). */
+    if (count < HOST_VM_INFO64_REV1_COUNT)
         return fail(err, CALL_HOST_STATISTICS, ENOTSUP);
 
     memset(&s, 0, sizeof s);
@@ -429,8 +596,8 @@ static int refresh_slow(mm_handle *h, double now, struct mm_error *err)
         s.gpu_limit = v;
         s.have |= MM_HAVE_GPU_LIMIT;
     }
-    if (metal_allocated(&h->metal, &v) == 0) {
-        s.gpu_used = v;
+    if (accel_read(&h->accel, gpu) & (1u << ACCEL_IN_USE)) {
+        s.gpu_used = gpu[ACCEL_IN_USE];
         s.have |= MM_HAVE_GPU_USED;
     }
     s.slow_at = now;
@@ -560,28 +727,36 @@ int mm_processes(mm_handle *h, const int32_t *pids, size_t n, struct mm_proc *ou
  * GPU (Metal)
  */
 
+/* A GPU is there when Metal has a device or the IORegistry an accelerator with statistics. */
+static int has_gpu(mm_handle *h) { return h->metal.device || h->accel.service; }
+
 int mm_gpu_count(mm_handle *h, uint32_t *count)
 {
-    *count = h->metal.device ? 1 : 0;
-    return h->metal.device ? 0 : -ENOTSUP;
+    *count = has_gpu(h) ? 1 : 0;
+    return has_gpu(h) ? 0 : -ENOTSUP;
 }
 
 int mm_gpu(mm_handle *h, uint32_t index, struct mm_gpu *out, struct mm_error *err)
 {
-    uint64_t v;
+    uint64_t v, gpu[ACCEL_KEYS];
+    unsigned known;
     memset(out, 0, sizeof *out);
-    if (!h->metal.device)
-        return fail(err, CALL_METAL, ENOTSUP);
+    if (!has_gpu(h))
+        return fail(err, CALL_GPU, ENOTSUP);
     if (index != 0)
-        return fail(err, CALL_METAL, ENODEV);
+        return fail(err, CALL_GPU, ENODEV);
     if (gpu_limit(h, &v) == 0) {
         out->limit = v;
         out->have |= MM_GHAVE_LIMIT;
     }
-    /* Metal has one figure for what the device holds; it is both allocated and in use. */
-    if (metal_allocated(&h->metal, &v) == 0) {
-        out->allocated = out->used = v;
-        out->have |= MM_GHAVE_ALLOCATED | MM_GHAVE_USED;
+    known = accel_read(&h->accel, gpu);
+    if (known & (1u << ACCEL_IN_USE)) {
+        out->used = gpu[ACCEL_IN_USE];
+        out->have |= MM_GHAVE_USED;
+    }
+    if (known & (1u << ACCEL_ALLOC)) {
+        out->allocated = gpu[ACCEL_ALLOC];
+        out->have |= MM_GHAVE_ALLOCATED;
     }
     if (h->metal.unified >= 0) {
         out->unified = h->metal.unified;

@@ -54,6 +54,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from .errors import AccessDenied
 from .level import Level
 from .limits import MAX_DURATION, MAX_GRACE
 from .pressure import Assessment, PressurePolicy
@@ -460,6 +461,11 @@ def _sample_state(
     """The row of one target: its state, trusted footprint and why, from its sample."""
     if sample is None:
         return CandidateState.GONE, None, "gone: not sampled"
+    if isinstance(sample, AccessDenied):
+        # Alive, but another user's and the agent is not root: it can be neither sized nor
+        # stopped (docs/configuration.md, "Targets the agent cannot size"; doctor's
+        # targets.sized check names the fix). Live, so it counts toward the floor.
+        return CandidateState.UNSIZED, None, f"unsized: {sample}; run the agent as root"
     if isinstance(sample, BaseException):
         return CandidateState.GONE, None, f"gone: {type(sample).__name__}: {sample}"
     if sample.pid != target.pid:
@@ -487,6 +493,15 @@ def _sample_state(
     else:
         why = f"candidate: {target.priority.value}, within budget"
     return CandidateState.ELIGIBLE, footprint, why
+
+
+def _unsized_note(live: Sequence[Candidate]) -> str:
+    """Names the live targets whose memory is unknown: the guard cannot count them, so its
+    share is a floor, not a measurement."""
+    unsized = [c.target.key for c in live if c.state is CandidateState.UNSIZED]
+    if not unsized:
+        return ""
+    return f"; {len(unsized)} live target(s) unsized, memory unknown: {', '.join(unsized)}"
 
 
 class Planner:
@@ -600,7 +615,7 @@ class Planner:
             return skip(
                 SkipReason.BELOW_GUARD,
                 f"managed {_fmt_bytes(managed)} is {share:.1%} of used {_fmt_bytes(used)} "
-                f"< {policy.min_managed_share:.1%}",
+                f"< {policy.min_managed_share:.1%}{_unsized_note(live)}",
             )
         if 0 < len(live) <= policy.floor:
             return skip(SkipReason.FLOOR, f"{len(live)} live target(s) <= floor {policy.floor}")

@@ -111,7 +111,11 @@ class ProcessMemory(NamedTuple):
 
 class GpuMemory(NamedTuple):
     """The GPU's memory budget: ``limit`` is what it may use (NVML total; Metal's
-    ``recommendedMaxWorkingSetSize`` or ``iogpu.wired_limit_mb``), ``used`` what is in use."""
+    ``recommendedMaxWorkingSetSize`` or ``iogpu.wired_limit_mb``), ``used`` what is in use.
+
+    On macOS ``used`` and ``allocated`` are the whole system's (the IORegistry's IOAccelerator
+    "In use system memory" and "Alloc system memory", docs/wired-memory.md §9), not this
+    process's; ``None`` where the dictionary lacks the key."""
 
     name: str | None
     unified: bool | None

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from collections.abc import Iterator
 
 import pytest
+
+# `make test-darwin-shim` (tests/darwin_shim/build.py) sets this to the directory of the shim
+# build of csrc/darwin.c: it becomes metalmem._native before metalmem is first imported, so
+# the Sampler runs on the darwin backend here. Nothing else changes.
+if _shim_dir := os.environ.get("METALMEM_DARWIN_SHIM"):
+    if "metalmem" in sys.modules:
+        raise RuntimeError("METALMEM_DARWIN_SHIM is set but metalmem was imported before it")
+    sys.path.insert(0, _shim_dir)
+    sys.modules["metalmem._native"] = importlib.import_module("_metalmem_darwin_shim")
 
 import metalmem
 

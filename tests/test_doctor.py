@@ -35,6 +35,7 @@ from metalmem_cli.doctor import (
     KubeProbe,
     ModelFile,
     PortProbe,
+    UnsizedTarget,
     Verdict,
     cgroup_layout,
     gather_facts,
@@ -593,6 +594,47 @@ def test_swap_verdicts_over_recorded_macs(
 )
 def test_agent_priority_verdicts(agents: tuple[AgentProcess, ...], expected: Verdict) -> None:
     assert verdict(mac(agents=agents), "agent.priority") == expected
+
+
+DENIED = UnsizedTarget("llama", 812, True, 502, "permission denied (proc_pid_rusage) (pid=812)")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected", "in_finding", "in_fix"),
+    [
+        ({}, Verdict.OK, "no targets", None),
+        ({"targets": 2}, Verdict.OK, "all 2 target(s) sized", None),
+        # A non-root agent, another user's llama-server: it can be neither sized nor stopped.
+        ({"targets": 1, "unsized": (DENIED,), "agent_uid": 501}, Verdict.FAIL,
+         "uid 501, not root", "LaunchDaemons"),
+        ({"targets": 2, "unsized": (DENIED,), "agent_uid": 501}, Verdict.WARN,
+         "llama (pid 812, uid 502)", "(uid 502): add UserName"),
+        # As root the refusal has another cause: the error is shown, not "run as root".
+        ({"targets": 1, "unsized": (DENIED,), "agent_uid": 0}, Verdict.FAIL,
+         "permission denied", "snapshot --pid"),
+        ({"targets": 3, "agent_uid": 501,
+          "unsized": (UnsizedTarget("m", 9, False, None, "footprint unknown"),)},
+         Verdict.WARN, "m (pid 9, uid ?)", "snapshot --pid"),
+        # macOS: not even adopted (no start time), so the tracker reports 0 targets.
+        ({"targets": 0, "agent_uid": 501,
+          "unsized": (dataclasses.replace(DENIED, key="llama-server", adopted=False),)},
+         Verdict.FAIL, "llama-server (pid 812, uid 502, not adopted)", "LaunchDaemons"),
+    ],
+)  # fmt: skip
+def test_targets_sized_names_the_cause_and_the_fix(
+    changes: dict[str, Any], expected: Verdict, in_finding: str, in_fix: str | None
+) -> None:
+    f = {f.check: f for f in run_checks(mac(**changes))}["targets.sized"]
+    assert f.verdict == expected
+    assert in_finding in f.finding
+    assert f.fix is None if in_fix is None else (f.fix is not None and in_fix in f.fix)
+
+
+def test_targets_sized_on_linux_points_at_the_systemd_unit() -> None:
+    facts = HostFacts(platform="linux", targets=1, unsized=(DENIED,), agent_uid=1000)
+    f = {f.check: f for f in run_checks(facts)}["targets.sized"]
+    assert f.verdict == Verdict.FAIL and f.fix is not None
+    assert "metalmem.service" in f.fix and "User=" in f.fix and "/PID" in f.finding
 
 
 def test_pressure_and_port_and_kube_verdicts_on_a_mac() -> None:

@@ -443,6 +443,24 @@ def test_all_allowed_candidates_are_taken_when_they_cannot_cover_it() -> None:
 # --- samples: keyed by Target.key, checked against the target's identity ------------------------
 
 
+def test_a_target_the_agent_may_not_read_is_unsized_never_a_victim_and_named_by_the_guard() -> None:
+    # A non-root agent and another user's llama-server: macOS refuses proc_pid_rusage (EPERM).
+    denied: dict[str, ProcessMemory | Exception] = {
+        "a": AccessDenied("permission denied (proc_pid_rusage(RUSAGE_INFO_V4))", pid=101),
+        "b": AccessDenied("permission denied (proc_pid_rusage(RUSAGE_INFO_V4))", pid=102),
+    }
+    policy = EvictionPolicy(mode=EvictionMode.ENFORCE, floor=0)
+    p = plan(targets=[A, B], processes=denied, policy=policy)
+    assert p.victims == () and p.skip_reason is SkipReason.BELOW_GUARD
+    assert "2 live target(s) unsized, memory unknown: a, b" in p.explanation
+    assert {c.state for c in p.candidates} == {CandidateState.UNSIZED}
+    # With the guard off, nothing is eligible: still no victim, and the reason says why.
+    p = plan(
+        targets=[A, B], processes=denied, policy=dataclasses.replace(policy, min_managed_share=0)
+    )
+    assert p.victims == () and p.skip_reason is SkipReason.NO_CANDIDATES
+
+
 def test_samples_that_do_not_name_the_target_are_not_trusted() -> None:
     d = target("d", 104)
     e = target("e", 105)
@@ -460,7 +478,11 @@ def test_samples_that_do_not_name_the_target_are_not_trusted() -> None:
     p = plan(targets=[A, B, C, d, e, f], processes=processes, policy=policy)
     whys = {c.target.key: (c.state, c.footprint, c.why) for c in p.candidates}
     assert whys["a"] == (CandidateState.ELIGIBLE, 3 * GiB, "candidate: low, no budget")
-    assert whys["b"] == (CandidateState.GONE, None, "gone: AccessDenied: denied (pid=102)")
+    assert whys["b"] == (
+        CandidateState.UNSIZED,
+        None,
+        "unsized: denied (pid=102); run the agent as root",
+    )
     assert whys["c"][0] is CandidateState.GONE and "NoSuchProcess" in whys["c"][2]
     assert whys["d"] == (CandidateState.GONE, None, "gone: sample is for pid 999")
     assert whys["e"][0] is CandidateState.GONE and "pid reused" in whys["e"][2]
