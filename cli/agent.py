@@ -31,7 +31,15 @@ from metalmem.process import DEFAULT_KILL_TIMEOUT
 from metalmem.targets import Target, TargetSpec, TargetTracker
 from metalmem.watchdog import Listeners, State, Watchdog
 
-from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DurationType, human_bytes
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    DurationType,
+    format_thresholds,
+    human_bytes,
+    unmatched_targets,
+)
 from .config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -295,6 +303,7 @@ class Agent:
         self._record = record
         self._demand_lock = threading.Lock()
         self._demand_at = -1e18
+        self.unmatched: tuple[str, ...] = ()
         self.reporter: KubeReporter | None = None
         interval = settings.interval or DEFAULT_INTERVAL
         self.classifier = Classifier(settings.pressure, interval=interval)
@@ -329,6 +338,8 @@ class Agent:
             durations=self.durations,
             version=metalmem.__version__,
             platform=sys.platform,
+            policy=lambda: self.classifier.policy,
+            interval=lambda: self.watchdog.interval,
         )
         app = make_app(
             self._state,
@@ -336,6 +347,8 @@ class Agent:
             version=metalmem.__version__,
             interval=lambda: self.watchdog.interval,
             watchdog_enabled=settings.interval > 0,
+            policy=lambda: self.classifier.policy,
+            unmatched=lambda: self.unmatched,
         )
         host, port = settings.listen
         self.server = Server(app, host, port)
@@ -391,10 +404,22 @@ class Agent:
         if now >= self._refresh_at:
             self._refresh_at = now + TARGET_REFRESH
             self._tracker.refresh()  # logs what was added and removed
+            self._note_unmatched()
         targets = self._tracker.targets
         if self.reporter is not None:
             return self.reporter.overlay(targets)
         return targets
+
+    def _note_unmatched(self) -> None:
+        """Name configured targets that match nothing, once per change (a typo is silent
+        otherwise); /memstats and `status` show the same list."""
+        unmatched = tuple(unmatched_targets(self.settings.targets, self._tracker.targets))
+        if unmatched != self.unmatched:
+            if unmatched:
+                log.warning("event=targets_unmatched keys=%s", ",".join(unmatched))
+            elif self.unmatched:
+                log.info("event=targets_matched keys=%s", ",".join(self.unmatched))
+            self.unmatched = unmatched
 
     def _state(self) -> State:
         """The latest State; with the watchdog off, a scrape samples (at most once a second)."""
@@ -426,7 +451,8 @@ class Agent:
         if self.settings.interval > 0:
             self.watchdog.start()
         log.info(
-            "event=started version=%s listen=%s:%d interval=%g mode=%s scope=%s events=%s",
+            "event=started version=%s listen=%s:%d interval=%g mode=%s scope=%s events=%s "
+            "thresholds=%s",
             metalmem.__version__,
             self.settings.listen[0],
             self.server.port,
@@ -434,6 +460,7 @@ class Agent:
             self.planner.policy.mode.value,
             self.settings.scope,
             self.watchdog.state.events,
+            _thresholds_text(self.classifier.policy),
         )
 
     def stall(self, on: bool) -> None:
@@ -743,6 +770,13 @@ def _serve(ctx: click.Context, agent: Agent, values: Mapping[str, Any], path: st
         os.close(w)
 
 
+def _thresholds_text(policy: PressurePolicy) -> str:
+    """The thresholds in force as one log token (the start and reload lines carry it)."""
+    from metalmem.server import thresholds_dict  # prometheus_client: only where it runs
+
+    return format_thresholds(thresholds_dict(policy))
+
+
 def _reload(
     ctx: click.Context, agent: Agent, values: Mapping[str, Any], path: str | None, why: str
 ) -> bool:
@@ -758,7 +792,12 @@ def _reload(
         return False
     agent.reload(settings)
     agent.stats.config_reload("success")
-    log.info("event=config_reloaded trigger=%s path=%s", why, path)
+    log.info(
+        "event=config_reloaded trigger=%s path=%s thresholds=%s",
+        why,
+        path,
+        _thresholds_text(settings.pressure),
+    )
     return True
 
 
@@ -776,20 +815,61 @@ def _reload(
 @click.option("--json", "as_json", is_flag=True, help="Print the agent's /memstats as is.")
 def status(url: str, as_json: bool) -> None:
     """Summarise a running agent: level, reasons, memory, targets, evictions."""
-    import urllib.error
-    import urllib.request
-
-    target = url.rstrip("/") + "/memstats"
-    try:
-        with urllib.request.urlopen(target, timeout=5) as resp:
-            doc = json.load(resp)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        click.echo(f"metalmem-agent: error: cannot read {target}: {exc}", err=True)
-        sys.exit(EXIT_FAILURE)
+    doc = fetch_memstats(url)
     if as_json:
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
-    click.echo(render_status(doc))
+    try:
+        text = render_status(doc)
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        raise click.BadParameter(
+            f"{url}/memstats is not a metalmem /memstats document ({type(exc).__name__})",
+            param_hint="'--url'",
+        ) from None
+    click.echo(text)
+
+
+def fetch_memstats(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """GET ``url``/memstats as a dict. An unreachable agent exits 1 with one line saying why;
+    a URL that answers something other than a /memstats document is bad input (exit 2)."""
+    import http.client
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    target = url.rstrip("/") + "/memstats"
+    if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
+        raise click.BadParameter(f"{url!r} is not an http:// URL", param_hint="'--url'")
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as resp:
+            body = resp.read(16 << 20)
+    except urllib.error.HTTPError as exc:
+        raise click.BadParameter(
+            f"{target} answered HTTP {exc.code} {exc.reason}: not a metalmem agent",
+            param_hint="'--url'",
+        ) from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        why = getattr(reason, "strerror", None) or str(reason)
+        click.echo(f"metalmem-agent: error: cannot reach {target}: {why}", err=True)
+        sys.exit(EXIT_FAILURE)
+    except TimeoutError:
+        click.echo(f"metalmem-agent: error: {target} did not answer in {timeout:g} s", err=True)
+        sys.exit(EXIT_FAILURE)
+    except (OSError, http.client.HTTPException) as exc:
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        click.echo(f"metalmem-agent: error: cannot read {target}: {why}", err=True)
+        sys.exit(EXIT_FAILURE)
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("schema_version"), int):
+        raise click.BadParameter(
+            f"{target} answered, but not with a metalmem /memstats document",
+            param_hint="'--url'",
+        )
+    return doc
 
 
 def render_status(doc: Mapping[str, Any]) -> str:
@@ -809,6 +889,11 @@ def render_status(doc: Mapping[str, Any]) -> str:
         f"compressed {human_bytes(system.get('compressed'))}  "
         f"swap used {human_bytes(system.get('swap_used'))}"
     )
+    thresholds = doc.get("thresholds")
+    if thresholds:
+        lines.append(
+            "thresholds (warning / critical): " + format_thresholds(thresholds, human=True)
+        )
     gpu = doc.get("gpu") or {}
     if gpu.get("limit") is not None:
         lines.append(f"gpu used {human_bytes(gpu.get('used'))} of {human_bytes(gpu.get('limit'))}")
@@ -830,6 +915,8 @@ def render_status(doc: Mapping[str, Any]) -> str:
                 f"{key:<28} {p.get('pid', '-')!s:>7} {p.get('priority') or '-':<9} "
                 f"{human_bytes(memory.get('footprint')):>10} {human_bytes(memory.get('rss')):>10}"
             )
+    for key in doc.get("unmatched") or []:
+        lines.append(f"{key:<28} {'-':>7} configured, but matches no running process")
     blocked = doc.get("blocked") or []
     if blocked:
         lines.append("respawn blocked: " + ", ".join(blocked))
@@ -870,6 +957,11 @@ def explain(config_path: str | None, discover: str | None, scope: str, as_json: 
     """
     config = _load(config_path)
     pattern = discover if discover is not None else (config.discover if config else None)
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise click.BadParameter(f"{pattern!r}: {exc}", param_hint="'--discover'") from None
     specs = config.targets if config else ()
     pressure = config.pressure if config else PressurePolicy()
     eviction = config.eviction if config else EvictionPolicy()
@@ -880,6 +972,7 @@ def explain(config_path: str | None, discover: str | None, scope: str, as_json: 
         by_pid = sampler.processes(t.pid for t in targets) if targets else {}
         now = time.monotonic()
         assessment = Classifier(pressure).assess(system, now=now)
+    unmatched = unmatched_targets(specs, targets)
     by_key = {t.key: by_pid[t.pid] for t in targets if t.pid in by_pid}
     # Rank as if CRITICAL and enforcing, so the table shows who would go first right now.
     planner = Planner(dataclasses.replace(eviction, mode=EvictionMode.DRY_RUN), pressure)
@@ -893,6 +986,7 @@ def explain(config_path: str | None, discover: str | None, scope: str, as_json: 
             "skip_reason": plan.skip_reason.value if plan.skip_reason else None,
             "explanation": plan.explanation,
             "needed_bytes": plan.needed_bytes,
+            "unmatched": unmatched,
             "ranking": [
                 {
                     "rank": c.rank,
@@ -915,8 +1009,13 @@ def explain(config_path: str | None, discover: str | None, scope: str, as_json: 
         f"level {assessment.level.name}; available {human_bytes(system.available)} of "
         f"{human_bytes(system.total)}; configured mode {eviction.mode.value}"
     )
+    for key in unmatched:
+        click.echo(f"target {key}: configured, but matches no running process")
     if not plan.candidates:
-        click.echo("no managed targets (configure [[target]] tables or --discover)")
+        if specs or pattern is not None:
+            click.echo("no managed targets: nothing configured matches a running process")
+        else:
+            click.echo("no managed targets (configure [[target]] tables or --discover)")
     click.echo(plan.explain())
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import click
 
 import metalmem
+from metalmem.pressure import SIGNAL_TABLE
+from metalmem.targets import Target, TargetSpec
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -31,8 +36,9 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only i
 
     name = "duration"
 
-    def __init__(self, minimum: float | None = 0.0) -> None:
+    def __init__(self, minimum: float | None = 0.0, maximum: float | None = None) -> None:
         self.minimum = minimum
+        self.maximum = maximum
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, float):
@@ -41,6 +47,46 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only i
             seconds = metalmem.parse_duration(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite duration", param, ctx)
         if self.minimum is not None and seconds <= self.minimum:
             self.fail(f"{value!r} must be longer than {self.minimum:g}s", param, ctx)
+        if self.maximum is not None and seconds > self.maximum:
+            self.fail(f"{value!r} is longer than the maximum {self.maximum:g}s", param, ctx)
         return seconds
+
+
+def unmatched_targets(specs: Iterable[TargetSpec], targets: Iterable[Target]) -> list[str]:
+    """Keys of configured targets that name no live process right now.
+
+    Resolution drops such a spec without a word (a stopped service is normal), so without this
+    a typo in a ``cmdline`` pattern looks exactly like a host with nothing to manage. A
+    ``cmdline`` spec that matched several processes has keys ``key#pid``: any of them counts.
+    """
+    live = {re.sub(r"#\d+$", "", t.key) for t in targets}
+    return [s.key for s in specs if s.key not in live]
+
+
+_FMT = {spec.signal.value: spec.fmt for spec in SIGNAL_TABLE}
+
+
+def format_thresholds(
+    thresholds: Mapping[str, Mapping[str, float | None]], *, human: bool = False
+) -> str:
+    """``signal=warning/critical`` per signal (``-`` where a level is off), from
+    :func:`metalmem.server.thresholds_dict` or /memstats' ``thresholds``.
+
+    Plain numbers in the signal's unit make one log token (``human=False``); ``human`` uses the
+    classifier's own renderings (``20.0%``, ``4.0 MiB/s``) for `status`, space-separated.
+    """
+    parts = []
+    for signal, levels in thresholds.items():
+        fmt = _FMT.get(signal) if human else None
+        shown = [
+            "-" if v is None else (fmt(v) if fmt is not None else f"{v:g}")
+            for v in (levels.get("warning"), levels.get("critical"))
+        ]
+        parts.append(
+            f"{signal} {shown[0]} / {shown[1]}" if human else f"{signal}={'/'.join(shown)}"
+        )
+    return ("; " if human else ",").join(parts)

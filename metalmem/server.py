@@ -18,7 +18,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -26,13 +26,20 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from prometheus_client import make_wsgi_app
 from prometheus_client.registry import CollectorRegistry
 
-from .pressure import assessment_to_dict
+from .pressure import SIGNAL_TABLE, PressurePolicy, assessment_to_dict
 from .sampler import ProcessMemory
 from .watchdog import EvictionRecord, SkipRecord, State, TargetLike
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEALTH_FACTOR", "MEMSTATS_SCHEMA_VERSION", "Server", "make_app", "memstats"]
+__all__ = [
+    "HEALTH_FACTOR",
+    "MEMSTATS_SCHEMA_VERSION",
+    "Server",
+    "make_app",
+    "memstats",
+    "thresholds_dict",
+]
 
 MEMSTATS_SCHEMA_VERSION = 1
 """Bumped when a /memstats field changes meaning or goes away (adding one does not)."""
@@ -135,13 +142,33 @@ def _skip_dict(r: SkipRecord) -> dict[str, Any]:
     }
 
 
-def memstats(state: State, *, version: str, now: float | None = None) -> dict[str, Any]:
+def thresholds_dict(policy: PressurePolicy) -> dict[str, dict[str, float | None]]:
+    """The thresholds in force per signal, in the signal's own unit (as the assessment's
+    reasons give values: fractions, PSI percent, bytes per second, seconds, level numbers);
+    ``None`` where that level of the signal is off."""
+    out: dict[str, dict[str, float | None]] = {}
+    for spec in SIGNAL_TABLE:
+        warning, critical = spec.thresholds(policy)
+        out[spec.signal.value] = {"warning": warning, "critical": critical}
+    return out
+
+
+def memstats(
+    state: State,
+    *,
+    version: str,
+    now: float | None = None,
+    policy: PressurePolicy | None = None,
+    unmatched: Sequence[str] = (),
+) -> dict[str, Any]:
     """The JSON-ready document of ``/memstats`` for one State (``docs/memstats.schema.json``).
 
     Bytes stay exact integers and unknown values stay ``None`` (JSON null); levels are names.
     ``now`` is a reading of the watchdog's clock (``time.monotonic()`` by default), against
     which the sample's and the heartbeat's ages are measured; the sampler's timestamps are on
     the same clock in the agent. Non-finite floats become null (JSON cannot carry them).
+    ``policy`` gives ``thresholds`` (null without it); ``unmatched`` names configured targets
+    that match no process right now, so a typo in a config is visible, not silent.
     """
     if now is None:
         now = time.monotonic()
@@ -177,6 +204,8 @@ def memstats(state: State, *, version: str, now: float | None = None) -> dict[st
         "skip_counts": dict(sorted(state.skip_counts.items())),
         "reclaimed_total": state.reclaimed_total,
         "counters": dict(sorted(state.counters.items())),
+        "thresholds": thresholds_dict(policy) if policy is not None else None,
+        "unmatched": sorted(unmatched),
     }
     result: dict[str, Any] = _finite(doc)
     return result
@@ -200,6 +229,8 @@ def make_app(
     interval: Callable[[], float],
     watchdog_enabled: bool = True,
     clock: Callable[[], float] = time.monotonic,
+    policy: Callable[[], PressurePolicy] | None = None,
+    unmatched: Callable[[], Sequence[str]] | None = None,
 ) -> WSGIApplication:
     """The agent's WSGI app: ``/metrics``, ``/memstats``, ``/healthz``, ``/readyz``.
 
@@ -209,8 +240,10 @@ def make_app(
     :data:`HEALTH_FACTOR` x the interval (or a stop in flight has not passed its deadline,
     ``State.busy_until``), else 503 naming the age and the limit (200 when the watchdog is
     disabled); ``/readyz`` is 200 once a sample exists (or the watchdog is
-    disabled), else 503. Other paths are 404, other methods than GET and HEAD 405. A failure
-    inside a handler is logged and answered 500; it never reaches the server thread.
+    disabled), else 503. ``policy`` and ``unmatched`` feed ``/memstats``' ``thresholds`` and
+    ``unmatched`` (read per request: a reload changes both). Other paths are 404, other
+    methods than GET and HEAD 405. A failure inside a handler is logged and answered 500;
+    it never reaches the server thread.
     """
     metrics_app = make_wsgi_app(registry)
     was_healthy = [True]  # logged on change only (STYLE rule 17); a race only repeats a line
@@ -252,7 +285,13 @@ def make_app(
         return _text("503 Service Unavailable", "not ready: no sample yet\n")
 
     def memstats_json() -> _Response:
-        doc = memstats(state(), version=version, now=clock())
+        doc = memstats(
+            state(),
+            version=version,
+            now=clock(),
+            policy=policy() if policy is not None else None,
+            unmatched=unmatched() if unmatched is not None else (),
+        )
         body = json.dumps(doc, allow_nan=False, separators=(",", ":")).encode()
         return "200 OK", [("Content-Type", "application/json"), ("Cache-Control", "no-store")], body
 
