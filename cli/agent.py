@@ -41,6 +41,7 @@ from .common import (
     unmatched_targets,
 )
 from .config import Config, ConfigError, load_config
+from .systemd import SystemdNotifier
 
 if TYPE_CHECKING:
     from metalmem.kube import KubeReporter
@@ -267,11 +268,17 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(fmt: str, level: str, stream: IO[str] | None = None) -> None:
     """Route the ``metalmem`` loggers to stderr in the chosen format (idempotent)."""
+    from .systemd import JournalPriority, stderr_is_journal
+
     handler = logging.StreamHandler(stream or sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    formatter: logging.Formatter = (
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
+    if stderr_is_journal(os.environ, handler.stream):  # `journalctl -p` filters on <N>
+        formatter = JournalPriority(formatter)
+    handler.setFormatter(formatter)
     root = logging.getLogger("metalmem")
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -352,6 +359,7 @@ class Agent:
         )
         host, port = settings.listen
         self.server = Server(app, host, port)
+        self.systemd = SystemdNotifier(os.environ)
 
     # -- wiring ------------------------------------------------------------------------------
     def _make_reporter(self, settings: Settings) -> KubeReporter | None:
@@ -462,6 +470,20 @@ class Agent:
             self.watchdog.state.events,
             _thresholds_text(self.classifier.policy),
         )
+        # Type=notify: ready once listening and ticking; WATCHDOG=1 only while the loop lives.
+        self.systemd.notify(
+            "READY=1", f"STATUS=watching; eviction {self.planner.policy.mode.value}"
+        )
+        self.systemd.start_watchdog(self.is_alive)
+
+    def is_alive(self) -> bool:
+        """The loop's heartbeat is fresh (as /healthz judges it); always, with the loop off."""
+        from metalmem.server import heartbeat_health
+
+        if self.settings.interval <= 0:
+            return True
+        state = self.watchdog.state
+        return heartbeat_health(state, time.monotonic(), self.watchdog.interval).healthy
 
     def stall(self, on: bool) -> None:
         """Test hook: hold the loop inside its next tick (the heartbeat goes stale)."""
@@ -472,6 +494,8 @@ class Agent:
 
     def stop(self) -> None:
         """Stop the loop (an in-flight stop finishes its grace), then HTTP, Kubernetes."""
+        self.systemd.notify("STOPPING=1")
+        self.systemd.close()
         self._unstalled.set()
         grace = max((t.stop.grace for t in self._tracker.targets), default=0.0)
         self.watchdog.stop(timeout=1.5 + grace + DEFAULT_KILL_TIMEOUT)
@@ -790,6 +814,12 @@ def _reload(
         agent.stats.config_reload("failure")
         log.error("event=config_reload_failed trigger=%s path=%s error=%r", why, path, message)
         return False
+    if agent.settings.targets and not settings.targets:  # an emptied file is valid TOML
+        log.warning(
+            "event=config_reload_drops_targets path=%s dropped=%d",
+            path,
+            len(agent.settings.targets),
+        )
     agent.reload(settings)
     agent.stats.config_reload("success")
     log.info(

@@ -19,7 +19,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 __all__ = [
     "HEALTH_FACTOR",
     "MEMSTATS_SCHEMA_VERSION",
+    "Health",
     "Server",
+    "heartbeat_health",
     "make_app",
     "memstats",
     "thresholds_dict",
@@ -211,6 +213,30 @@ def memstats(
     return result
 
 
+# --- liveness ---------------------------------------------------------------------------------
+
+
+class Health(NamedTuple):
+    """The loop's liveness at one instant: ``/healthz`` and systemd's watchdog both use it."""
+
+    healthy: bool
+    age: float  # seconds since the last completed tick
+    limit: float  # HEALTH_FACTOR x the configured interval
+    busy_left: float | None  # seconds left of a stop in flight (healthy meanwhile), else None
+
+
+def heartbeat_health(state: State, now: float, interval: float) -> Health:
+    """Healthy while the heartbeat is younger than :data:`HEALTH_FACTOR` x ``interval``, or a
+    stop in flight has not passed its own deadline plus that limit (``State.busy_until``): the
+    loop is then quiet, not stalled."""
+    age = now - state.heartbeat
+    limit = HEALTH_FACTOR * interval
+    busy = state.busy_until
+    if busy is not None and now < busy + limit:
+        return Health(True, age, limit, busy - now)
+    return Health(age < limit, age, limit, None)
+
+
 # --- the WSGI app ----------------------------------------------------------------------------
 
 _Response = tuple[str, list[tuple[str, str]], bytes]
@@ -251,18 +277,10 @@ def make_app(
     def healthz() -> _Response:
         if not watchdog_enabled:
             return _text("200 OK", "ok: watchdog disabled\n")
-        now = clock()
-        current = state()
-        age = now - current.heartbeat
         every = interval()
-        limit = HEALTH_FACTOR * every
-        if current.busy_until is not None and now < current.busy_until + limit:
-            # A stop in its grace period: the loop is quiet, not stalled, until the stop's own
-            # deadline (plus the usual limit for the tick after it).
-            return _text(
-                "200 OK", f"ok: stopping a target (deadline in {current.busy_until - now:.1f} s)\n"
-            )
-        healthy = age < limit
+        healthy, age, limit, busy_left = heartbeat_health(state(), clock(), every)
+        if busy_left is not None:
+            return _text("200 OK", f"ok: stopping a target (deadline in {busy_left:.1f} s)\n")
         if healthy != was_healthy[0]:
             was_healthy[0] = healthy
             if healthy:

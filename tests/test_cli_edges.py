@@ -4,12 +4,14 @@ thresholds in force are shown."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
 import pathlib
 import pty
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -179,13 +181,22 @@ def test_explain_and_doctor_name_targets_that_match_nothing(
     assert check["verdict"] == "warn" and "llm/typo" in check["finding"], check
 
 
+@contextlib.contextmanager
+def _agent(
+    tmp_path: pathlib.Path, children: Children
+) -> Iterator[tuple[AgentProcess, pathlib.Path]]:
+    """A real agent over :func:`_config`: one live target ("real"), one that matches nothing."""
+    config = _config(tmp_path, children.spawn(allocate_mib=4).pid)
+    args = ["--memory-watchdog-interval", "200ms", "--config", str(config)]
+    with AgentProcess(args, tmp_path / "agent.log") as agent:
+        wait_for(lambda: "real" in agent.memstats()["processes"], timeout=15, what="target")
+        yield agent, config
+
+
 def test_status_and_log_name_unmatched_targets_and_the_thresholds(
     tmp_path: pathlib.Path, children: Children
 ) -> None:
-    kid = children.spawn(allocate_mib=4)
-    config = _config(tmp_path, kid.pid)
-    args = ["--memory-watchdog-interval", "200ms", "--config", str(config)]
-    with AgentProcess(args, tmp_path / "agent.log") as agent:
+    with _agent(tmp_path, children) as (agent, _):
         doc = wait_for(
             lambda: (d := agent.memstats())["unmatched"] and d, timeout=15, what="unmatched"
         )
@@ -218,3 +229,14 @@ def test_kube_error_text_is_one_short_line_without_headers() -> None:
         text = kube_error_text(real)
     assert "object at 0x" not in text and "\n" not in text and len(text) <= 200
     assert "refused" in text.lower(), text
+
+
+def test_a_reload_that_empties_the_config_names_the_dropped_targets(
+    tmp_path: pathlib.Path, children: Children
+) -> None:
+    with _agent(tmp_path, children) as (agent, config):
+        config.write_text("")  # valid TOML, and every target gone
+        agent.signal(signal.SIGHUP)
+        wait_for(lambda: "event=config_reloaded" in agent.log(), timeout=15, what="reload")
+        assert "event=config_reload_drops_targets" in agent.log()
+        assert "dropped=2" in agent.log()
