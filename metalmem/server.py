@@ -10,16 +10,19 @@ filtering come from the library. Request logs go to this module's logger at DEBU
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import io
 import json
 import logging
 import math
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -375,9 +378,63 @@ class _LogStream(io.TextIOBase):
         return len(s)
 
 
+MAX_REQUEST_HEAD = 16 * 1024
+"""Bytes of request line plus headers one request may send; more is answered 431. The stdlib
+allows 100 headers of 64 KiB each: 10 such requests took the agent from 29 to 313 MiB RSS."""
+
+REQUEST_HEAD_TIMEOUT = 10.0
+"""Seconds a client has to send its whole request head: a per-recv timeout alone lets a client
+that sends one byte every few seconds (slowloris) hold its thread for hours."""
+
+MAX_CONNECTIONS = 512
+"""Connections served at once (one thread each); the next is answered 503 and closed. Above
+the 300 concurrent idle clients benchmarks/http_load.py holds while /healthz stays fast."""
+
+LISTEN_BACKLOG = 1024
+"""listen() backlog (socketserver's default is 5: a burst of scrapers got connection resets).
+The kernel caps it at net.core.somaxconn (Linux) or kern.ipc.somaxconn (macOS)."""
+
+_CLIENT_ERRORS = (TimeoutError, ConnectionError, http.client.HTTPException)
+
+
+class _HeadReader:
+    """The handler's ``rfile`` while the request head is read: counts its bytes against
+    :data:`MAX_REQUEST_HEAD` (http.client's ``LineTooLong``, which ``parse_request`` answers
+    with 431) and bounds the whole head by one deadline (``TimeoutError``)."""
+
+    def __init__(self, raw: Any, sock: socket.socket, limit: int, timeout: float) -> None:
+        self._raw = raw
+        self._sock = sock
+        self._left = limit
+        self._deadline = time.monotonic() + timeout
+
+    def readline(self, size: int = -1) -> bytes:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request head not complete in time")
+        self._sock.settimeout(remaining)
+        line: bytes = self._raw.readline(size)
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong(f"request head over {MAX_REQUEST_HEAD} bytes")
+        return line
+
+    def __getattr__(self, name: str) -> Any:  # read(), close(): the body is not counted
+        return getattr(self._raw, name)
+
+
 class _Handler(WSGIRequestHandler):
-    # A client that connects and sends nothing would pin its thread forever without this.
-    timeout = 10.0
+    # A client that connects and sends nothing would pin its thread forever without this; it
+    # is the per-recv timeout while the response is written too.
+    timeout = REQUEST_HEAD_TIMEOUT
+
+    def setup(self) -> None:
+        super().setup()
+        server = cast("_ThreadingServer", self.server)
+        self.rfile = cast(
+            "io.BufferedReader",
+            _HeadReader(self.rfile, self.connection, server.max_head, server.head_timeout),
+        )
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("event=http_request client=%s line=%r", self.address_string(), format % args)
@@ -387,9 +444,14 @@ class _Handler(WSGIRequestHandler):
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
-    """One daemon thread per request: a slow scraper never blocks another, or shutdown."""
+    """One daemon thread per connection, at most :data:`MAX_CONNECTIONS` at once: a slow
+    scraper never blocks another, or shutdown, and a flood cannot take unbounded threads."""
 
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
+    max_connections = MAX_CONNECTIONS
+    max_head = MAX_REQUEST_HEAD
+    head_timeout = REQUEST_HEAD_TIMEOUT
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the bound address with socket.getfqdn(), which can
@@ -399,26 +461,100 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
         self.server_name = str(host)
         self.server_port = int(port)
         self.setup_environ()
+        self._active = 0
+        self._refused = 0
+        self._count_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._count_lock:
+            over = self._active >= self.max_connections
+            if over:
+                self._refused += 1
+                first = self._refused == 1
+            else:
+                self._active += 1
+                recovered, self._refused = self._refused, 0
+        if over:
+            if first:  # once per episode, not per refused connection
+                log.warning("event=http_connections_full limit=%d", self.max_connections)
+            self._refuse(request)
+            return
+        if recovered:
+            log.info("event=http_connections_available refused=%d", recovered)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # the thread did not start: give the slot back
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self._active -= 1
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Answer 503 without reading the request, and close (on the accepting thread: bounded
+        by a short send timeout)."""
+        with contextlib.suppress(OSError):
+            request.settimeout(0.05)
+            request.sendall(
+                b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: 22\r\nConnection: close\r\n\r\ntoo many connections\r\n"
+            )
+        self.shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.warning("event=http_connection_error client=%s", client_address, exc_info=True)
+        """One line per failed connection, never a traceback: a client that times out, resets
+        or sends garbage is routine (INFO); anything else is logged with its type (WARNING)."""
+        exc = sys.exc_info()[1]
+        client = client_address[0] if isinstance(client_address, tuple) else client_address
+        if isinstance(exc, _CLIENT_ERRORS):
+            log.info("event=http_connection_failed client=%s error=%r", client, str(exc))
+        else:
+            log.warning(
+                "event=http_connection_error client=%s error=%s:%r",
+                client,
+                type(exc).__name__,
+                str(exc),
+            )
 
 
 class Server:
     """Serves a WSGI app on ``host:port`` from a daemon thread.
 
     :meth:`start` binds at once, so a port in use raises ``OSError`` (EADDRINUSE) to the
-    caller before any thread starts (the agent exits 2 with it). ``port`` 0 takes an
-    ephemeral port; :attr:`port` is the bound one. IPv6 hosts (``::1``) work.
+    caller before any thread starts (the agent exits 2 with it). The limits (connections at
+    once, request-head bytes and time) default to the module's constants; tests lower them.
+    ``port`` 0 takes an ephemeral port; :attr:`port` is the bound one. IPv6 hosts (``::1``)
+    work.
     """
 
     # serve_forever's select() timeout: bounds how long stop() waits for the loop to notice.
     POLL_INTERVAL = 0.25
 
-    def __init__(self, app: WSGIApplication, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: WSGIApplication,
+        host: str,
+        port: int,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        max_head: int = MAX_REQUEST_HEAD,
+        head_timeout: float = REQUEST_HEAD_TIMEOUT,
+    ) -> None:
         self.app = app
         self.host = host
         self._requested_port = port
+        self._limits = {
+            "max_connections": max_connections,
+            "max_head": max_head,
+            "head_timeout": head_timeout,
+        }
         self._httpd: _ThreadingServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -434,7 +570,9 @@ class Server:
         if self._httpd is not None:
             raise RuntimeError("Server already started")
         family = socket.getaddrinfo(self.host, self._requested_port, type=socket.SOCK_STREAM)[0][0]
-        server_cls = type("_Server", (_ThreadingServer,), {"address_family": family})
+        server_cls = type(
+            "_Server", (_ThreadingServer,), {"address_family": family, **self._limits}
+        )
         httpd: _ThreadingServer = server_cls((self.host, self._requested_port), _Handler)
         httpd.set_app(self.app)
         self._httpd = httpd
