@@ -17,6 +17,7 @@ import re
 import select
 import signal
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -921,9 +922,8 @@ def render_status(doc: Mapping[str, Any]) -> str:
     )
     thresholds = doc.get("thresholds")
     if thresholds:
-        lines.append(
-            "thresholds (warning / critical): " + format_thresholds(thresholds, human=True)
-        )
+        text = "thresholds (warning / critical): " + format_thresholds(thresholds, human=True)
+        lines.extend(textwrap.wrap(text, 100, subsequent_indent="  ", break_on_hyphens=False))
     gpu = doc.get("gpu") or {}
     if gpu.get("limit") is not None:
         lines.append(f"gpu used {human_bytes(gpu.get('used'))} of {human_bytes(gpu.get('limit'))}")

@@ -70,6 +70,11 @@ def unmatched_targets(specs: Iterable[TargetSpec], targets: Iterable[Target]) ->
 _FMT = {spec.signal.value: spec.fmt for spec in SIGNAL_TABLE}
 
 
+def _number(v: float) -> str:
+    """Exact for whole numbers (bytes per second), shortest repr otherwise."""
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
 def format_thresholds(
     thresholds: Mapping[str, Mapping[str, float | None]], *, human: bool = False
 ) -> str:
@@ -83,7 +88,7 @@ def format_thresholds(
     for signal, levels in thresholds.items():
         fmt = _FMT.get(signal) if human else None
         shown = [
-            "-" if v is None else (fmt(v) if fmt is not None else f"{v:g}")
+            "-" if v is None else (fmt(v) if fmt is not None else _number(v))
             for v in (levels.get("warning"), levels.get("critical"))
         ]
         parts.append(
