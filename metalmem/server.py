@@ -436,6 +436,13 @@ class _Handler(WSGIRequestHandler):
             _HeadReader(self.rfile, self.connection, server.max_head, server.head_timeout),
         )
 
+    def parse_request(self) -> bool:
+        ok: bool = super().parse_request()
+        # The head's deadline may have left a tiny per-recv timeout: the response (a /metrics
+        # body of tens of kB) gets the full one again.
+        self.connection.settimeout(self.timeout)
+        return ok
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("event=http_request client=%s line=%r", self.address_string(), format % args)
 
