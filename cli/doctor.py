@@ -1025,7 +1025,8 @@ def probe_kube(kubeconfig: str | None, context: str | None) -> KubeProbe:
             )
             source = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
     except Exception as exc:
-        return KubeProbe(source, None, None, f"no usable config: {type(exc).__name__}: {exc}")
+        detail = " ".join(str(exc).split())[:200]
+        return KubeProbe(source, None, None, f"no usable config: {type(exc).__name__}: {detail}")
     cfg.retries = 0
     try:
         with client.ApiClient(cfg) as api:

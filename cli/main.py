@@ -100,6 +100,7 @@ def snapshot(as_json: bool, pids: tuple[int, ...], scope: str) -> None:
             },
         }
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        _exit_if_unreadable(procs)
         return
     rows = [
         ("total", human_bytes(system.total)),
@@ -130,6 +131,14 @@ def snapshot(as_json: bool, pids: tuple[int, ...], scope: str) -> None:
             )
         else:
             click.echo(f"pid {pid}: {type(p).__name__}: {p}", err=True)
+    _exit_if_unreadable(procs)
+
+
+def _exit_if_unreadable(procs: dict[int, Any]) -> None:
+    """Exit 1 when a process exists but could not be read (AccessDenied): the figures asked
+    for are missing, which a script must be able to tell from a complete snapshot."""
+    if any(not isinstance(p, metalmem.ProcessMemory) for p in procs.values()):
+        sys.exit(EXIT_FAILURE)
 
 
 def run_main() -> None:  # pragma: no cover - console entry for `python -m metalmem_cli`
