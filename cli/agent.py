@@ -295,7 +295,11 @@ class Agent:
     """The running pieces and their lifecycle; `run` builds one, tests may too."""
 
     def __init__(
-        self, settings: Settings, sampler: metalmem.Sampler, record: IO[str] | None = None
+        self,
+        settings: Settings,
+        sampler: metalmem.Sampler,
+        record: IO[str] | None = None,
+        systemd: SystemdNotifier | None = None,
     ) -> None:
         from metalmem.metrics import AgentStats, MetalmemCollector, SampleDurations, make_registry
         from metalmem.server import Server, make_app
@@ -360,7 +364,8 @@ class Agent:
         )
         host, port = settings.listen
         self.server = Server(app, host, port)
-        self.systemd = SystemdNotifier(os.environ)
+        # `run` passes the real one; an Agent built elsewhere (tests) never talks to systemd.
+        self.systemd = systemd if systemd is not None else SystemdNotifier({})
 
     # -- wiring ------------------------------------------------------------------------------
     def _make_reporter(self, settings: Settings) -> KubeReporter | None:
@@ -663,7 +668,12 @@ def run(ctx: click.Context, /, config_path: str | None, **values: Any) -> None:
     sampler = _open_sampler(settings.scope)
     try:
         _check_state_dir(settings.state_dir)
-        agent = Agent(settings, sampler, record=_open_record(settings.record))
+        agent = Agent(
+            settings,
+            sampler,
+            record=_open_record(settings.record),
+            systemd=SystemdNotifier(os.environ),
+        )
     except (click.ClickException, OSError) as exc:
         sampler.close()
         if isinstance(exc, OSError):
