@@ -879,11 +879,18 @@ def fetch_memstats(url: str, timeout: float = 5.0) -> dict[str, Any]:
     import urllib.request
 
     target = url.rstrip("/") + "/memstats"
-    if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
-        raise click.BadParameter(f"{url!r} is not an http:// URL", param_hint="'--url'")
+    try:
+        parts = urllib.parse.urlsplit(target)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise click.BadParameter(f"{url!r}: {exc}", param_hint="'--url'") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{url!r} is not an http:// URL with a host", param_hint="'--url'")
     try:
         with urllib.request.urlopen(target, timeout=timeout) as resp:
             body = resp.read(16 << 20)
+    except ValueError as exc:  # what urlsplit let through and the request refused
+        raise click.BadParameter(f"{url!r}: {exc}", param_hint="'--url'") from None
     except urllib.error.HTTPError as exc:
         raise click.BadParameter(
             f"{target} answered HTTP {exc.code} {exc.reason}: not a metalmem agent",

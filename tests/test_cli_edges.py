@@ -53,6 +53,9 @@ def assert_one_line_usage_error(r: subprocess.CompletedProcess[str], *names: str
         (("record", "--interval", "99999999999h"), ("--interval", "99999999999h")),
         (("record", "--interval", "9" * 400), ("--interval",)),
         (("status", "--url", "ftp://example.invalid"), ("--url",)),
+        (("status", "--url", "http://[::1"), ("--url",)),
+        (("status", "--url", "http://127.0.0.1:99999"), ("--url", "99999")),
+        (("status", "--url", "http://"), ("--url",)),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, tuple) else None,
 )
