@@ -21,6 +21,7 @@ import pytest
 
 from .agentproc import AGENT, AgentProcess
 from .helpers import Children, wait_for
+from .test_server import VALIDATOR
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux /proc")
 
@@ -205,6 +206,8 @@ def test_status_and_log_name_unmatched_targets_and_the_thresholds(
         )
         assert doc["unmatched"] == ["llm/typo"]
         assert doc["thresholds"]["memory.available"] == {"warning": 0.2, "critical": 0.1}
+        assert doc["thresholds"]["pageout.rate"]["critical"] is None  # off by default
+        VALIDATOR.validate(doc)
         r = agent_cli("status", "--url", agent.base)
         assert r.returncode == 0, r.stderr
         assert "llm/typo" in r.stdout and "matches no running process" in r.stdout
