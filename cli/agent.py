@@ -42,7 +42,7 @@ from .common import (
     unmatched_targets,
 )
 from .config import Config, ConfigError, load_config
-from .systemd import SystemdNotifier
+from .systemd import JournalPriority, SystemdNotifier, stderr_is_journal
 
 if TYPE_CHECKING:
     from metalmem.kube import KubeReporter
@@ -269,8 +269,6 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(fmt: str, level: str, stream: IO[str] | None = None) -> None:
     """Route the ``metalmem`` loggers to stderr in the chosen format (idempotent)."""
-    from .systemd import JournalPriority, stderr_is_journal
-
     handler = logging.StreamHandler(stream or sys.stderr)
     formatter: logging.Formatter = (
         JsonFormatter()
