@@ -18,6 +18,8 @@ from metalmem_cli.config import load_config
 
 from metalmem.eviction import EvictionMode
 
+from .helpers import Children, has_exited, wait_for
+
 DEPLOY = pathlib.Path(__file__).resolve().parent.parent / "deploy"
 
 
@@ -225,3 +227,39 @@ def test_precedence_flag_over_env_over_file_over_default(
     assert s.eviction.mode is EvictionMode.DRY_RUN
     s = resolve([], {"METALMEM_EVICTION_ENABLED": "1"})
     assert s.eviction.mode is EvictionMode.ENFORCE
+
+
+_STOP = """
+import sys, metalmem
+from metalmem.targets import TargetSpec, TargetTracker
+with metalmem.Sampler() as s:
+    (t,) = TargetTracker(s, [TargetSpec(name="victim", pid=int(sys.argv[1]))]).refresh().targets
+    print(metalmem.stop(t, sampler=s).result.value)
+"""
+
+
+def _as_nobody(caps: str | None, *argv: str) -> subprocess.CompletedProcess[str]:
+    extra = [f"--inh-caps={caps}", f"--ambient-caps={caps}"] if caps else []
+    setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *extra]
+    return subprocess.run([*setpriv, *argv], capture_output=True, text=True, timeout=60)
+
+
+def test_the_units_capabilities_let_an_unprivileged_agent_stop_a_root_process(
+    children: Children,
+) -> None:
+    """What DynamicUser + AmbientCapabilities give the agent, reproduced with setpriv: the
+    bounding set of the shipped unit is enough to stop another user's process (and without it
+    the stop is denied), so the sandbox does not silently disarm eviction."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to run as another user")
+    if _as_nobody(None, sys.executable, "-c", "import metalmem").returncode != 0:
+        pytest.skip("this checkout is not readable by the nobody user")
+    names = _unit()["CapabilityBoundingSet"].split()
+    caps = ",".join("+" + n.removeprefix("CAP_").lower() for n in names)
+    victim = children.spawn()
+    denied = _as_nobody(None, sys.executable, "-c", _STOP, str(victim.pid))
+    assert denied.stdout.strip() == "denied", denied.stdout + denied.stderr
+    assert not has_exited(victim.pid)
+    stopped = _as_nobody(caps, sys.executable, "-c", _STOP, str(victim.pid))
+    assert stopped.stdout.strip() == "terminated", stopped.stdout + stopped.stderr
+    wait_for(lambda: has_exited(victim.pid), timeout=10, what="the victim's exit")
