@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench check-darwin test-darwin-shim install clean
+.PHONY: run test test-tools lint typecheck pytest bench check-darwin test-darwin-shim install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,22 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest -q
 
-test: check-darwin lint typecheck pytest test-darwin-shim
+test: test-tools check-darwin lint typecheck pytest test-darwin-shim
+
+# Debian's promtool (package prometheus), systemd-analyze (systemd) and wrk: the deploy tests
+# run them. Installed here when missing and we are root with apt-get (CI: a clean clone as
+# root); elsewhere their tests skip, each with one line naming the tool.
+TEST_TOOLS := promtool:prometheus systemd-analyze:systemd
+test-tools:
+	@missing=""; for pair in $(TEST_TOOLS); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "test-tools: apt-get install$$missing"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $$missing; } >/dev/null 2>&1 \
+		|| echo "test-tools: could not install$$missing; their tests will skip"; \
+	else echo "test-tools: missing$$missing (not root or no apt-get); their tests will skip"; fi
 
 # csrc/darwin.c (and the cffi module around it) must compile and link for macOS: zig's Apple
 # SDK headers and libSystem stub, on any host (csrc/check_darwin.py says what is checked).
@@ -53,8 +68,9 @@ bench: $(STAMP)
 		--benchmark-json=benchmarks/results.json
 	$(PY) benchmarks/agent_bench.py --json benchmarks/agent.json
 	$(PY) benchmarks/reaction.py --json benchmarks/reaction.json
+	$(PY) benchmarks/http_load.py --json benchmarks/http_load.json
 	$(PY) benchmarks/report.py benchmarks/results.json --agent benchmarks/agent.json \
-		--reaction benchmarks/reaction.json --write docs/performance.md
+		--reaction benchmarks/reaction.json --http benchmarks/http_load.json --write docs/performance.md
 
 clean:
 	rm -rf build dist *.egg-info metalmem/_native*.so metalmem/_native.c metalmem/_native.o

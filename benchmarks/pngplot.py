@@ -20,7 +20,8 @@ DARK: RGB = (90, 90, 90)
 BLUE: RGB = (31, 119, 180)
 RED: RGB = (214, 39, 40)
 
-# 5x7 glyphs, one string of 7 five-bit rows each; lower case is drawn as upper case.
+# 5x7 glyphs, one string of 7 five-bit rows each. Lower case has its own glyphs: drawn as
+# upper case, "µs" read as "MS" (issue 18).
 _GLYPHS: dict[str, str] = {
     " ": "00000 00000 00000 00000 00000 00000 00000",
     "0": "01110 10001 10011 10101 11001 10001 01110",
@@ -74,7 +75,33 @@ _GLYPHS: dict[str, str] = {
     "_": "00000 00000 00000 00000 00000 00000 11111",
     "<": "00010 00100 01000 10000 01000 00100 00010",
     ">": "01000 00100 00010 00001 00010 00100 01000",
-    "µ": "00000 10001 10001 10001 10011 11101 10000",
+    "µ": "00000 00000 10010 10010 10010 11101 10000",
+    "a": "00000 00000 01110 00001 01111 10001 01111",
+    "b": "10000 10000 10110 11001 10001 10001 11110",
+    "c": "00000 00000 01110 10000 10000 10001 01110",
+    "d": "00001 00001 01101 10011 10001 10001 01111",
+    "e": "00000 00000 01110 10001 11111 10000 01110",
+    "f": "00110 01001 01000 11100 01000 01000 01000",
+    "g": "00000 01111 10001 10001 01111 00001 01110",
+    "h": "10000 10000 10110 11001 10001 10001 10001",
+    "i": "00100 00000 01100 00100 00100 00100 01110",
+    "j": "00010 00000 00110 00010 00010 10010 01100",
+    "k": "10000 10000 10010 10100 11000 10100 10010",
+    "l": "01100 00100 00100 00100 00100 00100 01110",
+    "m": "00000 00000 11010 10101 10101 10001 10001",
+    "n": "00000 00000 10110 11001 10001 10001 10001",
+    "o": "00000 00000 01110 10001 10001 10001 01110",
+    "p": "00000 00000 11110 10001 11110 10000 10000",
+    "q": "00000 00000 01101 10011 01111 00001 00001",
+    "r": "00000 00000 10110 11001 10000 10000 10000",
+    "s": "00000 00000 01110 10000 01110 00001 11110",
+    "t": "01000 01000 11100 01000 01000 01001 00110",
+    "u": "00000 00000 10001 10001 10001 10011 01101",
+    "v": "00000 00000 10001 10001 10001 01010 00100",
+    "w": "00000 00000 10001 10001 10101 10101 01010",
+    "x": "00000 00000 10001 01010 00100 01010 10001",
+    "y": "00000 00000 10001 10001 01111 00001 01110",
+    "z": "00000 00000 11111 00010 00100 01000 11111",
     "²": "01100 10010 00100 01000 11110 00000 00000",
 }
 _FONT = {ch: [int(row, 2) for row in rows.split()] for ch, rows in _GLYPHS.items()}
@@ -123,7 +150,7 @@ class Canvas:
         """Draw ``s`` with its top-left corner at (x, y); returns the width drawn."""
         cx = x
         for ch in s:
-            rows = _FONT.get(ch, _FONT.get(ch.upper(), _FONT["*"]))
+            rows = _FONT.get(ch, _FONT["*"])
             for r, bits in enumerate(rows):
                 for c in range(5):
                     if bits & (1 << (4 - c)):
@@ -171,6 +198,24 @@ def _fmt(v: float) -> str:
     return f"{v:g}" if abs(v) < 1e5 else f"{v:.3g}"
 
 
+def _log_ticks(lo: float, hi: float, base: int) -> list[float]:
+    """Tick values for a log axis: powers of 2 (``base`` 2) or 1-2-5 per decade (10)."""
+    if base == 2:
+        first = math.floor(math.log2(lo))
+        return [2.0**k for k in range(first, math.ceil(math.log2(hi)) + 1)]
+    ticks = []
+    for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        ticks.extend(m * 10.0**k for m in (1, 2, 5))
+    return [t for t in ticks if lo / 1.0001 <= t <= hi * 1.0001] or [lo, hi]
+
+
+def _nice_bound(v: float, *, down: bool) -> float:
+    """The nearest 1-2-5 value at or below (``down``) or at or above ``v`` (> 0)."""
+    k = math.floor(math.log10(v))
+    steps = [m * 10.0**e for e in (k - 1, k, k + 1) for m in (1, 2, 5)]
+    return max(t for t in steps if t <= v) if down else min(t for t in steps if t >= v)
+
+
 def scatter_with_fit(
     points: Sequence[tuple[float, float]],
     fits: Sequence[tuple[float, float, RGB, str]],
@@ -182,46 +227,58 @@ def scatter_with_fit(
     width: int = 900,
     height: int = 560,
 ) -> bytes:
-    """A PNG of ``points`` (blue squares) and lines ``y = a + b x`` (``fits``: a, b, colour,
-    legend) on linear axes; a power-of-two x range gets quarter ticks (256, 512, ...)."""
+    """A PNG of ``points`` (blue squares) and curves ``y = a + b x`` (``fits``: a, b, colour,
+    legend) on log-log axes: x by powers of two, y by 1-2-5 per decade.
+
+    Target counts double from 1 to 1024; on a linear x axis 7 of 11 points piled up near 0
+    (issue 18). On log axes every point has room, and a line ``a + b x`` shows as the curve it
+    is there: flat while the intercept dominates, then rising with slope 1.
+    """
     c = Canvas(width, height)
-    left, right, top, bottom = 90, 30, 80, 70
+    left, right, top, bottom = 100, 30, 100, 70
     pw, ph = width - left - right, height - top - bottom
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    top_x = max(xs)
-    is_pow2 = top_x >= 8 and int(top_x) == top_x and int(top_x) & (int(top_x) - 1) == 0
-    x_step = top_x / 4 if is_pow2 else nice_step(top_x)
-    x_max = math.ceil(top_x / x_step) * x_step
-    y_top = max(ys + [a + b * x_max for a, b, _, _ in fits])
-    y_step = nice_step(y_top)
-    y_max = math.ceil(y_top / y_step) * y_step
+    x_ticks = _log_ticks(min(xs), max(xs), 2)
+    x_lo, x_hi = x_ticks[0], x_ticks[-1]
+    curve_ys = [a + b * x for a, b, _, _ in fits for x in (x_lo, x_hi)]
+    y_lo = _nice_bound(min(ys + [y for y in curve_ys if y > 0]), down=True)
+    y_hi = _nice_bound(max(ys + curve_ys), down=False)
+    y_ticks = _log_ticks(y_lo, y_hi, 10)
 
     def px(x: float) -> int:
-        return left + round(x / x_max * pw)
+        return left + round(math.log(x / x_lo) / math.log(x_hi / x_lo) * pw)
 
     def py(y: float) -> int:
-        return top + ph - round(y / y_max * ph)
+        return top + ph - round(math.log(y / y_lo) / math.log(y_hi / y_lo) * ph)
 
     c.text(left, 16, title, BLACK, 2)
     c.text(left, 42, subtitle, DARK, 2)
-    for i in range(round(y_max / y_step) + 1):
-        y = i * y_step
+    for y in y_ticks:
         c.line(left, py(y), left + pw, py(y), GREY)
         label = _fmt(y)
         c.text(left - 10 - text_width(label), py(y) - 7, label, DARK)
-    for i in range(round(x_max / x_step) + 1):
-        x = i * x_step
+    for x in x_ticks:
         c.line(px(x), top, px(x), top + ph, GREY)
         label = _fmt(x)
         c.text(px(x) - text_width(label) // 2, top + ph + 10, label, DARK)
     c.line(left, top, left, top + ph, BLACK, 2)
     c.line(left, top + ph, left + pw, top + ph, BLACK, 2)
     c.text(left + pw // 2 - text_width(x_label) // 2, height - 28, x_label, BLACK)
-    c.text(8, top - 30, y_label, BLACK)
+    c.text(8, top - 26, y_label, BLACK)
     for i, (a, b, color, legend) in enumerate(fits):
-        x0 = -a / b if a < 0 < b else 0.0  # start where the line enters the plot (y >= 0)
-        c.line(px(x0), py(a + b * x0), px(x_max), py(a + b * x_max), color, 2, dash=8)
-        c.line(left + 14, top + 17 + 24 * i, left + 44, top + 17 + 24 * i, color, 2, dash=8)
+        steps = 64  # a polyline through the curve, evenly spaced on the log x axis
+        curve = [x_lo * (x_hi / x_lo) ** (k / steps) for k in range(steps + 1)]
+        prev: tuple[int, int] | None = None
+        for x in curve:
+            y = a + b * x
+            if y <= 0:
+                prev = None
+                continue
+            here = (px(x), py(min(max(y, y_lo), y_hi)))
+            if prev is not None:
+                c.line(*prev, *here, color, 2)
+            prev = here
+        c.line(left + 14, top + 17 + 24 * i, left + 44, top + 17 + 24 * i, color, 2)
         c.text(left + 54, top + 10 + 24 * i, legend, color)
     for x, y in points:
         c.rect(px(x) - 4, py(y) - 4, px(x) + 4, py(y) + 4, BLUE)

@@ -20,6 +20,7 @@ import itertools
 import json
 import pathlib
 import platform
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -51,6 +52,7 @@ class Run:
     results: dict[str, Any]
     agent: dict[str, Any] | None
     reaction: dict[str, Any] | None
+    http: dict[str, Any] | None = None
 
     def median(self, test: str, **params: object) -> float | None:
         """Median seconds of ``test_<test>`` with exactly these params (None: not run)."""
@@ -720,7 +722,7 @@ def render_plot(run: Run, path: pathlib.Path) -> bool:
     if len(pts) < 3:
         return False
     a, b, r2 = linear_fit(pts)
-    fits = [(a * US, b * US, pngplot.RED, f"FIT, ALL: {a * US:.0f} + {b * US:.2f} µS/TARGET")]
+    fits = [(a * US, b * US, pngplot.RED, f"fit, all: {a * US:.0f} µs + {b * US:.2f} µs/target")]
     k = knee(pts)
     if k is not None:
         a2, b2, _ = linear_fit([p for p in pts if p[0] <= k])
@@ -729,17 +731,17 @@ def render_plot(run: Run, path: pathlib.Path) -> bool:
                 a2 * US,
                 b2 * US,
                 pngplot.DARK,
-                f"FIT, <= {k}: {a2 * US:.0f} + {b2 * US:.2f} µS/TARGET",
+                f"fit, <= {k}: {a2 * US:.0f} µs + {b2 * US:.2f} µs/target",
             )
         )
     cpu = run.results.get("machine_info", {}).get("cpu", {})
     png = pngplot.scatter_with_fit(
         [(n, t * US) for n, t in pts],
         fits,
-        title="FULL TICK + COLLECT VS TARGETS (MEDIAN)",
-        subtitle=f"{cpu.get('brand_raw', '?')}, {cpu.get('count', '?')} CORES; R² (ALL) {r2:.4f}",
-        x_label="TARGETS",
-        y_label="µS",
+        title="Full tick + collect vs targets (median)",
+        subtitle=f"{cpu.get('brand_raw', '?')}, {cpu.get('count', '?')} cores; R² (all) {r2:.4f}",
+        x_label="targets (log scale)",
+        y_label="µs per tick (log scale)",
     )
     path.write_bytes(png)
     return True
@@ -784,7 +786,9 @@ make bench          # the suite, then this page: about 6 minutes on 2 cores
 
 `make bench` runs, in order: `pytest benchmarks` (pytest-benchmark; `benchmarks/results.json`),
 `benchmarks/agent_bench.py` (`benchmarks/agent.json`), `benchmarks/reaction.py`
-(`benchmarks/reaction.json`), and `benchmarks/report.py`, which prints the ratios and writes
+(`benchmarks/reaction.json`), `benchmarks/http_load.py` (`benchmarks/http_load.json`; needs
+Debian's `wrk` for its throughput rows), and `benchmarks/report.py`, which prints the ratios and
+writes
 this page and `docs/{PLOT_NAME}`. Switches (environment variables):
 
 - `METALMEM_BENCH_QUICK=1`: short runs everywhere (about 90 s; not for publishing).
@@ -818,6 +822,10 @@ method use the real `vm_stat` and `sysctl hw.memsize`.
 
 {_reaction_section(run)}
 
+## HTTP server
+
+{http_section(run.http)}
+
 ## Every measurement
 
 The LLMKube method (`host4_llmkube_*`) is emulated on Linux: `sysctl -n vm.min_free_kbytes`
@@ -829,17 +837,94 @@ costs, `subprocess` what a Python script pays. The goal uses the faster of the t
 """
 
 
+def http_section(doc: dict[str, Any] | None) -> str:
+    """benchmarks/http_load.py's figures: /healthz latency alone and under slowloris, wrk
+    throughput, and the agent's RSS around the issue-18 header attack."""
+    if doc is None:
+        return "Pending: `benchmarks/http_load.py` did not run."
+    slow = doc["under_slowloris"]
+    rows = [
+        [name, *(f"{r[k]:.2f} ms" for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
+         f"{r['ok']} of {r['requests']}"]
+        for name, r in (
+            ("alone", doc["baseline"]),
+            (f"{slow['slowloris_open']} slowloris clients held", slow),
+        )
+    ]  # fmt: skip
+    wrk_rows = [
+        [f"`{w['path']}`", f"{w['requests_per_s']:,.0f}", w["p50"], w["p90"], w["p99"],
+         str(w["non_2xx"]), w["socket_errors"] or "none"]
+        for w in doc.get("wrk", [])
+    ]  # fmt: skip
+    big = doc["big_headers"]
+    out = (
+        "`metalmem-agent run` (1 s interval, no targets) on this machine, probed over fresh "
+        "loopback connections one at a time: alone, then while slowloris clients hold "
+        "connections open (each sends part of a request head, then a header line every 2 s, and "
+        "reconnects when cut off at the server's 10 s head deadline). The goal is /healthz "
+        "under 50 ms with 300 such clients.\n\n"
+        + _table(["load", "/healthz p50", "p95", "p99", "max", "answered 200"], rows)
+    )
+    if wrk_rows:
+        out += "\n\n`wrk -t2 -c8 -d10s --latency` (8 connections, 2 threads):\n\n" + _table(
+            ["path", "requests/s", "p50", "p90", "p99", "non-2xx", "socket errors"], wrk_rows
+        )
+    out += (
+        f"\n\n10 requests of 99 headers x 65 kB (the attack that took the agent from 29 to "
+        f"313 MiB before the 16 KiB head limit): answered {', '.join(map(str, big['codes']))}; "
+        f"RSS {big['rss_before_mib']:.1f} MiB before, {big['rss_after_mib']:.1f} MiB after."
+    )
+    return out
+
+
+_SCALE_ROW = re.compile(r"^\| (\d+) \| ([\d,.]+) µs \|", re.M)
+_MACHINE_ROW = re.compile(r"^\| (CPU|cores) \| (.+?) \|$", re.M)
+
+
+def results_from_page(text: str) -> dict[str, Any]:
+    """pytest-benchmark-shaped results holding only what a written page keeps of the scale
+    sweep (its medians, as rounded on the page) and the machine: enough to redraw the plot
+    when the run's JSON is gone, without running the suite again."""
+    machine = dict(_MACHINE_ROW.findall(text))
+    return {
+        "machine_info": {
+            "cpu": {"brand_raw": machine.get("CPU", "?"), "count": machine.get("cores", "?")}
+        },
+        "benchmarks": [
+            {
+                "name": f"test_scale_tick[{n}]",
+                "params": {"n": int(n)},
+                "stats": {"median": float(median.replace(",", "")) / US},
+            }
+            for n, median in _SCALE_ROW.findall(text)
+        ],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("results", nargs="?", default="benchmarks/results.json")
     ap.add_argument("--agent", help="benchmarks/agent_bench.py's JSON")
     ap.add_argument("--reaction", help="benchmarks/reaction.py's JSON")
+    ap.add_argument("--http", help="benchmarks/http_load.py's JSON")
     ap.add_argument("--write", metavar="DOC", help="write the page here, its plot beside it")
+    ap.add_argument(
+        "--plot-from-page",
+        metavar="DOC",
+        help="redraw only the plot beside DOC from DOC's own scale table (no bench run)",
+    )
     args = ap.parse_args(argv)
+    if args.plot_from_page:
+        doc = pathlib.Path(args.plot_from_page)
+        plot = doc.parent / PLOT_NAME
+        if not render_plot(Run(results_from_page(doc.read_text()), None, None), plot):
+            raise SystemExit(f"{doc}: no scale table with 3 or more rows")
+        print(f"wrote {plot}")
+        return
     results = _load(args.results)
     if results is None:
         raise SystemExit(f"no benchmark results at {args.results}: run `make bench` first")
-    run = Run(results, _load(args.agent), _load(args.reaction))
+    run = Run(results, _load(args.agent), _load(args.reaction), _load(args.http))
     rows = goals(run)
     print_console(run, rows)
     if args.write:

@@ -102,7 +102,7 @@ def served(sampler: metalmem.Sampler, children: list[int]) -> Iterator[tuple[Loo
     """The agent's HTTP app over a 16-target loop, on 127.0.0.1 port 0."""
     loop = Loop(sampler, make_targets(sampler, children[:16]), critical=False)
     loop.dog.tick()
-    registry = make_registry(loop.collector)
+    registry = make_registry(loop.collector, self_metrics=False)
     app = make_app(
         lambda: loop.dog.state, registry, version=metalmem.__version__, interval=lambda: 1.0
     )
@@ -133,7 +133,7 @@ def test_scrape_render_only(benchmark: Any, served: tuple[Loop, Server]) -> None
     """generate_latest in process: collect + text format, without HTTP."""
     benchmark.group = "scrape-16"
     loop, _ = served
-    registry = make_registry(loop.collector)
+    registry = make_registry(loop.collector, self_metrics=False)
     assert len(benchmark(generate_latest, registry)) > 0
 
 

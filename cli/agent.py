@@ -17,6 +17,7 @@ import re
 import select
 import signal
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,8 +42,17 @@ from metalmem.targets import (
 )
 from metalmem.watchdog import Listeners, State, Watchdog
 
-from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DurationType, human_bytes
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    DurationType,
+    format_thresholds,
+    human_bytes,
+    unmatched_targets,
+)
 from .config import Config, ConfigError, load_config
+from .systemd import JournalPriority, SystemdNotifier, stderr_is_journal
 
 if TYPE_CHECKING:
     from metalmem.kube import KubeReporter
@@ -271,10 +281,14 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(fmt: str, level: str, stream: IO[str] | None = None) -> None:
     """Route the ``metalmem`` loggers to stderr in the chosen format (idempotent)."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    formatter: logging.Formatter = (
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
+    if stderr_is_journal(os.environ, handler.stream):  # `journalctl -p` filters on <N>
+        formatter = JournalPriority(formatter)
+    handler.setFormatter(formatter)
     root = logging.getLogger("metalmem")
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -290,7 +304,11 @@ class Agent:
     """The running pieces and their lifecycle; `run` builds one, tests may too."""
 
     def __init__(
-        self, settings: Settings, sampler: metalmem.Sampler, record: IO[str] | None = None
+        self,
+        settings: Settings,
+        sampler: metalmem.Sampler,
+        record: IO[str] | None = None,
+        systemd: SystemdNotifier | None = None,
     ) -> None:
         from metalmem.metrics import AgentStats, MetalmemCollector, SampleDurations, make_registry
         from metalmem.server import Server, make_app
@@ -317,6 +335,7 @@ class Agent:
         self._record = record
         self._demand_lock = threading.Lock()
         self._demand_at = -1e18
+        self.unmatched: tuple[str, ...] = ()
         self.reporter: KubeReporter | None = None
         interval = settings.interval or DEFAULT_INTERVAL
         self.classifier = Classifier(settings.pressure, interval=interval)
@@ -355,6 +374,8 @@ class Agent:
             durations=self.durations,
             version=metalmem.__version__,
             platform=sys.platform,
+            policy=lambda: self.classifier.policy,
+            interval=lambda: self.watchdog.interval,
         )
         app = make_app(
             self._state,
@@ -362,9 +383,13 @@ class Agent:
             version=metalmem.__version__,
             interval=lambda: self.watchdog.interval,
             watchdog_enabled=settings.interval > 0,
+            policy=lambda: self.classifier.policy,
+            unmatched=lambda: self.unmatched,
         )
         host, port = settings.listen
         self.server = Server(app, host, port)
+        # `run` passes the real one; an Agent built elsewhere (tests) never talks to systemd.
+        self.systemd = systemd if systemd is not None else SystemdNotifier({})
 
     # -- wiring ------------------------------------------------------------------------------
     def _make_reporter(self, settings: Settings) -> KubeReporter | None:
@@ -421,10 +446,22 @@ class Agent:
         if now >= self._refresh_at:
             self._refresh_at = now + TARGET_REFRESH
             self._tracker.refresh()  # logs what was added and removed
+            self._note_unmatched()
         targets = self._tracker.targets
         if self.reporter is not None:
             return self.reporter.overlay(targets)
         return targets
+
+    def _note_unmatched(self) -> None:
+        """Name configured targets that match nothing, once per change (a typo is silent
+        otherwise); /memstats and `status` show the same list."""
+        unmatched = tuple(unmatched_targets(self.settings.targets, self._tracker.targets))
+        if unmatched != self.unmatched:
+            if unmatched:
+                log.warning("event=targets_unmatched keys=%s", ",".join(unmatched))
+            elif self.unmatched:
+                log.info("event=targets_matched keys=%s", ",".join(self.unmatched))
+            self.unmatched = unmatched
 
     def _state(self) -> State:
         """The latest State; with the watchdog off, a scrape samples (at most once a second)."""
@@ -456,7 +493,8 @@ class Agent:
         if self.settings.interval > 0:
             self.watchdog.start()
         log.info(
-            "event=started version=%s listen=%s:%d interval=%g mode=%s scope=%s events=%s",
+            "event=started version=%s listen=%s:%d interval=%g mode=%s scope=%s events=%s "
+            "thresholds=%s",
             metalmem.__version__,
             self.settings.listen[0],
             self.server.port,
@@ -464,7 +502,22 @@ class Agent:
             self.planner.policy.mode.value,
             self.settings.scope,
             self.watchdog.state.events,
+            _thresholds_text(self.classifier.policy),
         )
+        # Type=notify: ready once listening and ticking; WATCHDOG=1 only while the loop lives.
+        self.systemd.notify(
+            "READY=1", f"STATUS=watching; eviction {self.planner.policy.mode.value}"
+        )
+        self.systemd.start_watchdog(self.is_alive)
+
+    def is_alive(self) -> bool:
+        """The loop's heartbeat is fresh (as /healthz judges it); always, with the loop off."""
+        from metalmem.server import heartbeat_health
+
+        if self.settings.interval <= 0:
+            return True
+        state = self.watchdog.state
+        return heartbeat_health(state, time.monotonic(), self.watchdog.interval).healthy
 
     def break_loop(self) -> None:
         """Test hook: the loop's next tick raises, as a bug would."""
@@ -479,6 +532,8 @@ class Agent:
 
     def stop(self) -> None:
         """Stop the loop (an in-flight stop finishes its grace), then HTTP, Kubernetes."""
+        self.systemd.notify("STOPPING=1")
+        self.systemd.close()
         self._unstalled.set()
         grace = max(
             (
@@ -658,7 +713,12 @@ def run(ctx: click.Context, /, config_path: str | None, **values: Any) -> None:
     sampler = _open_sampler(settings.scope)
     try:
         _check_state_dir(settings.state_dir)
-        agent = Agent(settings, sampler, record=_open_record(settings.record))
+        agent = Agent(
+            settings,
+            sampler,
+            record=_open_record(settings.record),
+            systemd=SystemdNotifier(os.environ),
+        )
     except (click.ClickException, OSError) as exc:
         sampler.close()
         if isinstance(exc, OSError):
@@ -796,6 +856,13 @@ def _serve(ctx: click.Context, agent: Agent, values: Mapping[str, Any], path: st
         os.close(w)
 
 
+def _thresholds_text(policy: PressurePolicy) -> str:
+    """The thresholds in force as one log token (the start and reload lines carry it)."""
+    from metalmem.server import thresholds_dict  # prometheus_client: only where it runs
+
+    return format_thresholds(thresholds_dict(policy))
+
+
 def _reload(
     ctx: click.Context, agent: Agent, values: Mapping[str, Any], path: str | None, why: str
 ) -> bool:
@@ -810,9 +877,20 @@ def _reload(
         agent.stats.config_reload("failure")
         log.error("event=config_reload_failed trigger=%s path=%s error=%r", why, path, message)
         return False
+    if agent.settings.targets and not settings.targets:  # an emptied file is valid TOML
+        log.warning(
+            "event=config_reload_drops_targets path=%s dropped=%d",
+            path,
+            len(agent.settings.targets),
+        )
     agent.reload(settings)
     agent.stats.config_reload("success")
-    log.info("event=config_reloaded trigger=%s path=%s", why, path)
+    log.info(
+        "event=config_reloaded trigger=%s path=%s thresholds=%s",
+        why,
+        path,
+        _thresholds_text(settings.pressure),
+    )
     return True
 
 
@@ -830,20 +908,68 @@ def _reload(
 @click.option("--json", "as_json", is_flag=True, help="Print the agent's /memstats as is.")
 def status(url: str, as_json: bool) -> None:
     """Summarise a running agent: level, reasons, memory, targets, evictions."""
+    doc = fetch_memstats(url)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    try:
+        text = render_status(doc)
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        raise click.BadParameter(
+            f"{url}/memstats is not a metalmem /memstats document ({type(exc).__name__})",
+            param_hint="'--url'",
+        ) from None
+    click.echo(text)
+
+
+def fetch_memstats(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """GET ``url``/memstats as a dict. An unreachable agent exits 1 with one line saying why;
+    a URL that answers something other than a /memstats document is bad input (exit 2)."""
+    import http.client
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     target = url.rstrip("/") + "/memstats"
     try:
-        with urllib.request.urlopen(target, timeout=5) as resp:
-            doc = json.load(resp)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        click.echo(f"metalmem-agent: error: cannot read {target}: {exc}", err=True)
+        parts = urllib.parse.urlsplit(target)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise click.BadParameter(f"{url!r}: {exc}", param_hint="'--url'") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{url!r} is not an http:// URL with a host", param_hint="'--url'")
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as resp:
+            body = resp.read(16 << 20)
+    except ValueError as exc:  # what urlsplit let through and the request refused
+        raise click.BadParameter(f"{url!r}: {exc}", param_hint="'--url'") from None
+    except urllib.error.HTTPError as exc:
+        raise click.BadParameter(
+            f"{target} answered HTTP {exc.code} {exc.reason}: not a metalmem agent",
+            param_hint="'--url'",
+        ) from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        why = getattr(reason, "strerror", None) or str(reason)
+        click.echo(f"metalmem-agent: error: cannot reach {target}: {why}", err=True)
         sys.exit(EXIT_FAILURE)
-    if as_json:
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
-        return
-    click.echo(render_status(doc))
+    except TimeoutError:
+        click.echo(f"metalmem-agent: error: {target} did not answer in {timeout:g} s", err=True)
+        sys.exit(EXIT_FAILURE)
+    except (OSError, http.client.HTTPException) as exc:
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        click.echo(f"metalmem-agent: error: cannot read {target}: {why}", err=True)
+        sys.exit(EXIT_FAILURE)
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("schema_version"), int):
+        raise click.BadParameter(
+            f"{target} answered, but not with a metalmem /memstats document",
+            param_hint="'--url'",
+        )
+    return doc
 
 
 def render_status(doc: Mapping[str, Any]) -> str:
@@ -863,6 +989,10 @@ def render_status(doc: Mapping[str, Any]) -> str:
         f"compressed {human_bytes(system.get('compressed'))}  "
         f"swap used {human_bytes(system.get('swap_used'))}"
     )
+    thresholds = doc.get("thresholds")
+    if thresholds:
+        text = "thresholds (warning / critical): " + format_thresholds(thresholds, human=True)
+        lines.extend(textwrap.wrap(text, 100, subsequent_indent="  ", break_on_hyphens=False))
     gpu = doc.get("gpu") or {}
     if gpu.get("limit") is not None:
         lines.append(f"gpu used {human_bytes(gpu.get('used'))} of {human_bytes(gpu.get('limit'))}")
@@ -884,6 +1014,8 @@ def render_status(doc: Mapping[str, Any]) -> str:
                 f"{key:<28} {p.get('pid', '-')!s:>7} {p.get('priority') or '-':<9} "
                 f"{human_bytes(memory.get('footprint')):>10} {human_bytes(memory.get('rss')):>10}"
             )
+    for key in doc.get("unmatched") or []:
+        lines.append(f"{key:<28} {'-':>7} configured, but matches no running process")
     blocked = doc.get("blocked") or []
     if blocked:
         lines.append("respawn blocked: " + ", ".join(blocked))
@@ -924,6 +1056,11 @@ def explain(config_path: str | None, discover: str | None, scope: str, as_json: 
     """
     config = _load(config_path)
     pattern = discover if discover is not None else (config.discover if config else None)
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise click.BadParameter(f"{pattern!r}: {exc}", param_hint="'--discover'") from None
     specs = config.targets if config else ()
     pressure = config.pressure if config else PressurePolicy()
     eviction = config.eviction if config else EvictionPolicy()
@@ -934,6 +1071,7 @@ def explain(config_path: str | None, discover: str | None, scope: str, as_json: 
         by_pid = sampler.processes(t.pid for t in targets) if targets else {}
         now = time.monotonic()
         assessment = Classifier(pressure).assess(system, now=now)
+    unmatched = unmatched_targets(specs, targets)
     by_key = {t.key: by_pid[t.pid] for t in targets if t.pid in by_pid}
     # Rank as if CRITICAL and enforcing, so the table shows who would go first right now.
     planner = Planner(dataclasses.replace(eviction, mode=EvictionMode.DRY_RUN), pressure)
@@ -947,6 +1085,7 @@ def explain(config_path: str | None, discover: str | None, scope: str, as_json: 
             "skip_reason": plan.skip_reason.value if plan.skip_reason else None,
             "explanation": plan.explanation,
             "needed_bytes": plan.needed_bytes,
+            "unmatched": unmatched,
             "ranking": [
                 {
                     "rank": c.rank,
@@ -969,8 +1108,13 @@ def explain(config_path: str | None, discover: str | None, scope: str, as_json: 
         f"level {assessment.level.name}; available {human_bytes(system.available)} of "
         f"{human_bytes(system.total)}; configured mode {eviction.mode.value}"
     )
+    for key in unmatched:
+        click.echo(f"target {key}: configured, but matches no running process")
     if not plan.candidates:
-        click.echo("no managed targets (configure [[target]] tables or --discover)")
+        if specs or pattern is not None:
+            click.echo("no managed targets: nothing configured matches a running process")
+        else:
+            click.echo("no managed targets (configure [[target]] tables or --discover)")
     click.echo(plan.explain())
 
 

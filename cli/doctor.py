@@ -44,7 +44,7 @@ from metalmem.sampler import GpuMemory, ProcessMemory, Sampler, SystemMemory
 from metalmem.targets import TargetTracker, parse_ps_output
 
 from .agent import DEFAULT_LISTEN, ListenType
-from .common import EXIT_FAILURE, EXIT_OK, human_bytes
+from .common import EXIT_FAILURE, EXIT_OK, human_bytes, unmatched_targets
 from .config import Config, ConfigError, load_config
 
 __all__ = [
@@ -218,6 +218,7 @@ class HostFacts:
     cgroup: CgroupLayout | None = None
     nvidia_driver: bool = False
     targets: int = 0
+    unmatched: tuple[str, ...] = ()
     managed_footprint: int | None = None
     unsized: tuple[UnsizedTarget, ...] = ()
     agent_uid: int | None = None
@@ -729,6 +730,21 @@ def check_port(facts: HostFacts) -> Result:
     return Verdict.FAIL, f"cannot listen on {address}: {p.error}", fix
 
 
+def check_targets(facts: HostFacts) -> Result:
+    """A configured target that matches nothing is dropped silently by resolution: say so."""
+    if facts.unmatched:
+        names = ", ".join(facts.unmatched)
+        return (
+            Verdict.WARN,
+            f"configured target(s) {names} match no running process "
+            f"({facts.targets} target(s) found)",
+            "check each [[target]]'s cmdline pattern (pgrep -af PATTERN), pidfile or pid",
+        )
+    if facts.targets == 0:
+        return Verdict.OK, "no targets configured or discovered: metalmem only reports", None
+    return Verdict.OK, f"{facts.targets} target(s) found, every configured one matched", None
+
+
 def check_kube(facts: HostFacts) -> Result:
     """Kubernetes reporting is only as good as the config and the API server's reachability."""
     k = facts.kube
@@ -814,6 +830,7 @@ CHECKS: tuple[Check, ...] = (
     Check("cgroup", LINUX, check_cgroup),
     Check("targets.sized", EVERYWHERE, check_targets_sized),
     Check("agent.priority", EVERYWHERE, check_agent_priority),
+    Check("targets", EVERYWHERE, check_targets),
     Check("http.port", EVERYWHERE, check_port),
     Check("kube", EVERYWHERE, check_kube, lambda facts: facts.kube is not None),
 )
@@ -1132,15 +1149,32 @@ def probe_kube(kubeconfig: str | None, context: str | None) -> KubeProbe:
             )
             source = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
     except Exception as exc:
-        return KubeProbe(source, None, None, f"no usable config: {type(exc).__name__}: {exc}")
+        detail = " ".join(str(exc).split())[:200]
+        return KubeProbe(source, None, None, f"no usable config: {type(exc).__name__}: {detail}")
     cfg.retries = 0
     try:
         with client.ApiClient(cfg) as api:
             info = client.VersionApi(api).get_code(_request_timeout=KUBE_TIMEOUT)
     except Exception as exc:  # urllib3 errors, ApiException: all mean "not reachable"
-        reason = " ".join(str(exc).split())[:300]
+        reason = kube_error_text(exc)
         return KubeProbe(source, cfg.host, None, f"GET {cfg.host}/version: {reason}")
     return KubeProbe(source, cfg.host, getattr(info, "git_version", None))
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>:?\s*")
+
+
+def kube_error_text(exc: BaseException) -> str:
+    """One short line for a failed API call: ``HTTP 403 Forbidden`` for an ApiException (whose
+    str() carries every response header and the body), the innermost cause without Python
+    object reprs for a urllib3 error."""
+    status, reason = getattr(exc, "status", None), getattr(exc, "reason", None)
+    if isinstance(status, int) and isinstance(reason, str):
+        return f"HTTP {status} {reason}"
+    inner = reason if isinstance(reason, BaseException) else exc
+    text = _OBJECT_REPR.sub("", str(inner) or type(inner).__name__)
+    text = " ".join(text.split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def gather_facts(
@@ -1216,6 +1250,7 @@ def gather_facts(
         sample_error=sample_error,
         pressure=pressure,
         targets=len(targets),
+        unmatched=tuple(unmatched_targets(specs, targets)),
         managed_footprint=sum(footprints) if footprints else None,
         unsized=_unsized(platform, targets, samples, recorder.denied, table),
         agent_uid=geteuid(),

@@ -14,12 +14,14 @@ from typing import Any
 import click
 
 import metalmem
-from metalmem.limits import MAX_INTERVAL
 from metalmem.sampler import as_dict
 
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DurationType, human_bytes
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "DurationType", "human_bytes", "main"]
+
+PID_MAX = 2**31 - 1  # pid_t is int32 on Linux and macOS; a larger --pid is bad input
+RECORD_MAX_INTERVAL = 86400.0  # a day: longer cannot be slept in one select() everywhere
 
 
 class AgentGroup(click.Group):
@@ -27,6 +29,16 @@ class AgentGroup(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
+        argv = args[0] if args else kwargs.get("args")
+        if argv is None:
+            argv = sys.argv[1:]
+        if not argv:  # click would fold the whole help into one "error:" line
+            commands = ", ".join(sorted(self.commands))
+            click.echo(
+                f"metalmem-agent: error: missing command ({commands}); see metalmem-agent --help",
+                err=True,
+            )
+            sys.exit(EXIT_USAGE)
         try:
             rv = super().main(*args, **kwargs)
         except click.exceptions.Exit as exc:
@@ -52,7 +64,7 @@ def main() -> None:
 @click.option(
     "--pid",
     "pids",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=PID_MAX),
     multiple=True,
     help="A process to sample (repeatable).",
 )
@@ -72,6 +84,9 @@ def snapshot(as_json: bool, pids: tuple[int, ...], scope: str) -> None:
         system = sampler.system()
         gpu = sampler.gpu()
         procs = sampler.processes(pids)
+    gone = [str(pid) for pid, p in procs.items() if isinstance(p, metalmem.NoSuchProcess)]
+    if gone:
+        raise click.BadParameter(f"no such process: {', '.join(gone)}", param_hint="'--pid'")
     if as_json:
         doc = {
             "version": metalmem.__version__,
@@ -85,6 +100,7 @@ def snapshot(as_json: bool, pids: tuple[int, ...], scope: str) -> None:
             },
         }
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        _exit_if_unreadable(procs)
         return
     rows = [
         ("total", human_bytes(system.total)),
@@ -115,6 +131,14 @@ def snapshot(as_json: bool, pids: tuple[int, ...], scope: str) -> None:
             )
         else:
             click.echo(f"pid {pid}: {type(p).__name__}: {p}", err=True)
+    _exit_if_unreadable(procs)
+
+
+def _exit_if_unreadable(procs: dict[int, Any]) -> None:
+    """Exit 1 when a process exists but could not be read (AccessDenied): the figures asked
+    for are missing, which a script must be able to tell from a complete snapshot."""
+    if any(not isinstance(p, metalmem.ProcessMemory) for p in procs.values()):
+        sys.exit(EXIT_FAILURE)
 
 
 def run_main() -> None:  # pragma: no cover - console entry for `python -m metalmem_cli`
@@ -183,7 +207,7 @@ class _StopOnSignal:
 @main.command()
 @click.option(
     "--interval",
-    type=DurationType(maximum=MAX_INTERVAL),
+    type=DurationType(maximum=RECORD_MAX_INTERVAL),
     default="2s",
     show_default=True,
     help="Time between samples: 500ms, 2s, 1m, or seconds.",
@@ -212,7 +236,8 @@ def record(interval: float, count: int | None, output: Any, scope: str) -> None:
     """Record samples of this host as JSON lines, one per tick, for `replay`.
 
     Each line is written and flushed as it is taken, so a recording stopped by SIGINT or
-    SIGTERM is complete up to its last tick; stopping that way exits 0.
+    SIGTERM is complete up to its last tick; stopping that way exits 0. On a terminal, a
+    progress line on stderr counts the samples (nothing when stderr is piped or a file).
     """
     import time
 
@@ -223,6 +248,7 @@ def record(interval: float, count: int | None, output: Any, scope: str) -> None:
     except (metalmem.Error, OSError) as exc:
         raise click.BadParameter(str(exc), param_hint="'--scope'") from exc
     taken = 0
+    progress = _Progress(sys.stderr, count, str(getattr(output, "name", "-")))
     with sampler, _StopOnSignal() as stop:
         deadline = time.monotonic()
         while True:
@@ -234,12 +260,41 @@ def record(interval: float, count: int | None, output: Any, scope: str) -> None:
             output.write(record_line(sample) + "\n")
             output.flush()
             taken += 1
+            progress.update(taken, sample.available, sample.total)
             if count is not None and taken >= count:
                 break
             # Ticks on a fixed schedule; a late tick is not made up for by a burst.
             deadline = max(deadline + interval, time.monotonic())
             if stop.wait(deadline - time.monotonic()):
                 break
+    progress.done(taken)
+
+
+class _Progress:
+    """``record``'s progress on a terminal: one line rewritten in place (``\r``) per sample.
+
+    Silent unless ``stream`` is a TTY, so a pipe or a log file gets only the data; when the
+    JSON lines themselves go to that same terminal, they are the progress and this stays quiet.
+    """
+
+    def __init__(self, stream: Any, count: int | None, target: str) -> None:
+        self._stream = stream
+        shares_terminal = target in ("-", "<stdout>") and sys.stdout.isatty()
+        self.enabled = bool(stream.isatty()) and not shares_terminal
+        self._of = f" of {count}" if count is not None else ""
+        self._target = target
+
+    def update(self, taken: int, available: int | None, total: int | None) -> None:
+        if not self.enabled:
+            return
+        share = f", available {available / total:.1%}" if available is not None and total else ""
+        self._stream.write(f"\rrecorded {taken}{self._of} samples to {self._target}{share}  ")
+        self._stream.flush()
+
+    def done(self, taken: int) -> None:
+        if self.enabled:
+            self._stream.write(f"\rrecorded {taken} samples to {self._target}\x1b[K\n")
+            self._stream.flush()
 
 
 @main.command()

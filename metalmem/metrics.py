@@ -40,8 +40,10 @@ from prometheus_client.registry import CollectorRegistry
 from prometheus_client.samples import Sample
 
 from .eviction import EvictionMode, SkipReason
+from .kube import WriteKind, WriteResult
 from .level import Level
-from .pressure import SIGNAL_TABLE, Derived
+from .pressure import SIGNAL_TABLE, Derived, PressurePolicy, Signal, threshold_bytes
+from .process import StopResult
 from .sampler import ProcessMemory
 from .watchdog import State
 
@@ -64,11 +66,14 @@ class AgentStats:
         self._reloads: collections.Counter[str] = collections.Counter()
         self._kube_writes: collections.Counter[tuple[str, str]] = collections.Counter()
         self._kube_dropped = 0
+        self._last_reload_ok = True
 
     def config_reload(self, result: str) -> None:
-        """Count one config reload: ``success`` or ``failure``."""
+        """Count one config reload: ``success`` or ``failure``; the latest one is exported
+        as a gauge, so an alert resolves once a fixed config is accepted."""
         with self._lock:
             self._reloads[result] += 1
+            self._last_reload_ok = result == "success"
 
     def kube_write(self, kind: str, result: str) -> None:
         """Count one Kubernetes API write: ``kind`` condition|event|suspend|resume, ``result``
@@ -83,12 +88,13 @@ class AgentStats:
 
     def snapshot(self) -> dict[str, object]:
         """A consistent copy: ``reloads`` {result: n}, ``kube_writes`` {(kind, result): n},
-        ``kube_dropped`` n."""
+        ``kube_dropped`` n, ``last_reload_ok`` bool."""
         with self._lock:
             return {
                 "reloads": dict(self._reloads),
                 "kube_writes": dict(self._kube_writes),
                 "kube_dropped": self._kube_dropped,
+                "last_reload_ok": self._last_reload_ok,
             }
 
 
@@ -214,11 +220,46 @@ _STATE = _Family(
     "metalmem_pressure_state", "gauge", "1 for the reported pressure level, 0 for the others.",
     ("level",),
 )  # fmt: skip
-_SIGNAL = _Family(
-    "metalmem_pressure_signal", "gauge",
-    "Each pressure signal's current value in its own unit (fraction, percent, bytes per "
-    "second, seconds, level number); absent while unknown.",
-    ("signal",),
+# One family per unit (issue 18): ``metalmem_pressure_signal`` mixed percent, ratios and
+# bytes per second under one name, so no query could compare two of its series. Each signal's
+# row names its family and the factor into that unit (PSI percent -> ratio).
+_SIGNAL_UNITS: dict[Signal, tuple[str, float]] = {
+    Signal.MEMORY_AVAILABLE: ("ratio", 1.0),
+    Signal.GPU_HEADROOM: ("ratio", 1.0),
+    Signal.PSI_FULL: ("ratio", 0.01),
+    Signal.PSI_SOME: ("ratio", 0.01),
+    Signal.OS_LEVEL: ("level", 1.0),
+    Signal.SWAPOUT_RATE: ("bytes_per_second", 1.0),
+    Signal.PAGEOUT_RATE: ("bytes_per_second", 1.0),
+    Signal.FORECAST: ("seconds", 1.0),
+}
+_UNIT_HELP = {
+    "ratio": "a ratio 0-1 (available and GPU headroom of their total, PSI avg10 share of time)",
+    "level": "the OS's own level number (0 normal, 1 warning, 2 critical)",
+    "bytes_per_second": "bytes per second (swap-out and page-out rates)",
+    "seconds": "seconds (time until the critical threshold at the recent trend)",
+}
+_SIGNAL_FAMILIES: dict[str, _Family] = {
+    unit: _Family(
+        f"metalmem_pressure_signal_{unit}", "gauge",
+        f"Each pressure signal's current value in {text}; absent while unknown.",
+        ("signal",), "" if unit == "level" else unit,
+    )
+    for unit, text in _UNIT_HELP.items()
+}  # fmt: skip
+_THRESHOLD_FAMILIES: dict[str, _Family] = {
+    unit: _Family(
+        f"metalmem_pressure_threshold_{unit}", "gauge",
+        f"The WARNING and CRITICAL thresholds in force per signal, in {text}; absent when "
+        "that level of the signal is off.",
+        ("signal", "level"), "" if unit == "level" else unit,
+    )
+    for unit, text in _UNIT_HELP.items()
+}  # fmt: skip
+_AVAILABLE_THRESHOLD = _Family(
+    "metalmem_memory_available_threshold_bytes", "gauge",
+    "The available-memory thresholds in force, resolved against the scope's total.",
+    ("level",), "bytes",
 )  # fmt: skip
 _FOOTPRINT = _Family(
     "metalmem_process_footprint_bytes", "gauge",
@@ -280,6 +321,16 @@ _RELOADS = _Family(
     "metalmem_config_reloads_total", "counter", "Config reloads by result (success, failure).",
     ("result",),
 )  # fmt: skip
+_LAST_RELOAD = _Family(
+    "metalmem_config_last_reload_successful", "gauge",
+    "1 when the latest config reload was accepted (or none happened yet), 0 when it was "
+    "refused and the previous config is still in force.",
+)  # fmt: skip
+_INTERVAL = _Family(
+    "metalmem_watchdog_interval_seconds", "gauge",
+    "The watchdog's configured interval (healthz judges the heartbeat's age against 3x it; "
+    "under pressure ticks come sooner).", unit="seconds",
+)  # fmt: skip
 _KUBE_WRITES = _Family(
     "metalmem_kube_writes_total", "counter", "Kubernetes API writes by kind and result.",
     ("kind", "result"),
@@ -298,7 +349,9 @@ _FAMILIES: tuple[_Family, ...] = (
     _OOM_KILLS,
     _LEVEL,
     _STATE,
-    _SIGNAL,
+    *_SIGNAL_FAMILIES.values(),
+    *_THRESHOLD_FAMILIES.values(),
+    _AVAILABLE_THRESHOLD,
     _FOOTPRINT,
     _RSS,
     _TARGETS,
@@ -310,8 +363,10 @@ _FAMILIES: tuple[_Family, ...] = (
     _DURATION,
     _LAST_SAMPLE,
     _HEARTBEAT_AGE,
+    _INTERVAL,
     *(f for _, f in _WATCHDOG_COUNTERS),
     _RELOADS,
+    _LAST_RELOAD,
     _KUBE_WRITES,
     _KUBE_DROPPED,
     _BUILD,
@@ -322,6 +377,10 @@ METRIC_NAMES: tuple[str, ...] = tuple(f.name for f in _FAMILIES)
 ``_total``; a histogram by its base name)."""
 
 _RELOAD_RESULTS = ("success", "failure")
+_EVICTION_LABELS = tuple(
+    (signal.value, result) for signal in Signal for result in (*StopResult, "dry-run")
+)
+_KUBE_LABELS = tuple((kind.value, result.value) for kind in WriteKind for result in WriteResult)
 _PID_SUFFIX = re.compile(r"#\d+$")
 
 
@@ -339,7 +398,10 @@ class MetalmemCollector:
 
     ``state`` returns the current snapshot (``lambda: watchdog.state``); it is read once per
     scrape, so every family of one scrape describes the same tick. ``stats`` and
-    ``durations`` are optional: their families are left out when not given. ``clock`` must be
+    ``durations`` are optional: their families are left out when not given; so are the
+    thresholds without ``policy`` (the classifier's policy in force: a reload changes it, so it is
+    read at every scrape), and the interval without ``interval`` (the configured one, not the
+    adaptive wait of ``State.interval``). ``clock`` must be
     the watchdog's (``time.monotonic`` unless a test injects one): heartbeat and sample ages
     are measured on it. ``describe()`` is implemented, so registering collects nothing.
     """
@@ -353,8 +415,12 @@ class MetalmemCollector:
         version: str,
         platform: str,
         clock: Callable[[], float] = time.monotonic,
+        policy: Callable[[], PressurePolicy] | None = None,
+        interval: Callable[[], float] | None = None,
     ) -> None:
         self._state = state
+        self._policy = policy
+        self._interval = interval
         self._stats = stats
         self._durations = durations
         self._version = version
@@ -377,6 +443,7 @@ class MetalmemCollector:
         out: dict[str, Metric] = {f.name: f.empty() for f in _FAMILIES}
         self._system(out, state, now)
         self._pressure(out, state)
+        self._thresholds(out, state)
         self._processes(out, state)
         self._eviction(out, state)
         self._agent(out, state, now)
@@ -402,7 +469,36 @@ class MetalmemCollector:
         if state.system is not None:
             derived = Derived(a.swapout_rate, a.pageout_rate, a.forecast_seconds)
             for spec in SIGNAL_TABLE:
-                _add(out, _SIGNAL, (spec.signal.value,), spec.observe(state.system, derived))
+                unit, scale = _SIGNAL_UNITS[spec.signal]
+                observed = spec.observe(state.system, derived)
+                _add(
+                    out,
+                    _SIGNAL_FAMILIES[unit],
+                    (spec.signal.value,),
+                    None if observed is None else observed * scale,
+                )
+
+    def _thresholds(self, out: dict[str, Metric], state: State) -> None:
+        """The thresholds in force, in the units of the signals they compare with."""
+        if self._policy is None:
+            return
+        policy = self._policy()
+        for spec in SIGNAL_TABLE:
+            unit, scale = _SIGNAL_UNITS[spec.signal]
+            for name, threshold in zip(
+                ("warning", "critical"), spec.thresholds(policy), strict=True
+            ):
+                if threshold is not None:
+                    _add(
+                        out, _THRESHOLD_FAMILIES[unit], (spec.signal.value, name), threshold * scale
+                    )
+        total = state.system.total if state.system is not None else None
+        if total:
+            for name, fraction in (
+                ("warning", policy.warning_available),
+                ("critical", policy.critical_available),
+            ):
+                _add(out, _AVAILABLE_THRESHOLD, (name,), threshold_bytes(fraction, total))
 
     def _processes(self, out: dict[str, Metric], state: State) -> None:
         footprint: dict[tuple[str, str], int] = {}
@@ -424,7 +520,11 @@ class MetalmemCollector:
     def _eviction(self, out: dict[str, Metric], state: State) -> None:
         for m in EvictionMode:
             _add(out, _MODE, (m.value,), 1 if m == state.mode else 0)
-        for (reason, result), n in sorted(state.eviction_counts.items()):
+        # Every known (reason, result) from 0: increase() cannot see a series' first sample,
+        # so an eviction counted into a new series would never fire an alert (issue 18).
+        counts = dict.fromkeys(_EVICTION_LABELS, 0)
+        counts.update(state.eviction_counts)
+        for (reason, result), n in sorted(counts.items()):
             _add(out, _EVICTIONS, (reason, result), n)
         # Every skip reason from the start: a known label set lets rate() see the first one.
         known = {r.value for r in SkipReason}
@@ -439,6 +539,8 @@ class MetalmemCollector:
             assert isinstance(hist, HistogramMetricFamily)
             hist.add_metric([], buckets, total)
         _add(out, _HEARTBEAT_AGE, (), now - state.heartbeat)
+        if self._interval is not None:
+            _add(out, _INTERVAL, (), self._interval())
         for key, family in _WATCHDOG_COUNTERS:
             _add(out, family, (), state.counters.get(key, 0))
         if self._stats is not None:
@@ -447,7 +549,8 @@ class MetalmemCollector:
             writes = cast(dict[tuple[str, str], int], snap["kube_writes"])
             for result in sorted(set(_RELOAD_RESULTS) | set(reloads)):
                 _add(out, _RELOADS, (result,), reloads.get(result, 0))
-            for (kind, result), n in sorted(writes.items()):
+            _add(out, _LAST_RELOAD, (), 1 if snap["last_reload_ok"] else 0)
+            for (kind, result), n in sorted({**dict.fromkeys(_KUBE_LABELS, 0), **writes}.items()):
                 _add(out, _KUBE_WRITES, (kind, result), n)
             _add(out, _KUBE_DROPPED, (), cast(int, snap["kube_dropped"]))
         _add(out, _BUILD, (self._version, self._platform), 1)
@@ -472,13 +575,19 @@ def _add(
     )  # fmt: skip
 
 
-def make_registry(collector: MetalmemCollector) -> CollectorRegistry:
-    """A fresh registry holding only ``collector``.
+def make_registry(collector: MetalmemCollector, *, self_metrics: bool = True) -> CollectorRegistry:
+    """A fresh registry holding ``collector`` and, with ``self_metrics``, the client library's
+    process and platform collectors.
 
-    No process/platform/GC collectors: the agent's own RSS and CPU are better read from the
-    service manager (and ``process_*`` would read /proc again on every scrape, an allocation
-    and open/close per series the agent does not need for its job).
+    ``process_*`` (RSS, CPU seconds, open fds, start time: read from /proc, so Linux only) is
+    how an alert tells a leaking or spinning agent from a busy host, and ``python_info`` names
+    the interpreter. Benchmarks of the collector alone pass ``self_metrics=False``.
     """
+    from prometheus_client import PlatformCollector, ProcessCollector
+
     registry = CollectorRegistry(auto_describe=True)
     registry.register(collector)
+    if self_metrics:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
     return registry

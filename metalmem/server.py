@@ -10,29 +10,41 @@ filtering come from the library. Request logs go to this module's logger at DEBU
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import io
 import json
 import logging
 import math
 import socket
 import socketserver
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import make_wsgi_app
 from prometheus_client.registry import CollectorRegistry
 
-from .pressure import assessment_to_dict
+from .pressure import SIGNAL_TABLE, PressurePolicy, assessment_to_dict
 from .sampler import ProcessMemory
 from .watchdog import EvictionRecord, SkipRecord, State, TargetLike
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEALTH_FACTOR", "MEMSTATS_SCHEMA_VERSION", "Server", "make_app", "memstats"]
+__all__ = [
+    "HEALTH_FACTOR",
+    "MEMSTATS_SCHEMA_VERSION",
+    "Health",
+    "Server",
+    "heartbeat_health",
+    "make_app",
+    "memstats",
+    "thresholds_dict",
+]
 
 MEMSTATS_SCHEMA_VERSION = 1
 """Bumped when a /memstats field changes meaning or goes away (adding one does not)."""
@@ -135,13 +147,33 @@ def _skip_dict(r: SkipRecord) -> dict[str, Any]:
     }
 
 
-def memstats(state: State, *, version: str, now: float | None = None) -> dict[str, Any]:
+def thresholds_dict(policy: PressurePolicy) -> dict[str, dict[str, float | None]]:
+    """The thresholds in force per signal, in the signal's own unit (as the assessment's
+    reasons give values: fractions, PSI percent, bytes per second, seconds, level numbers);
+    ``None`` where that level of the signal is off."""
+    out: dict[str, dict[str, float | None]] = {}
+    for spec in SIGNAL_TABLE:
+        warning, critical = spec.thresholds(policy)
+        out[spec.signal.value] = {"warning": warning, "critical": critical}
+    return out
+
+
+def memstats(
+    state: State,
+    *,
+    version: str,
+    now: float | None = None,
+    policy: PressurePolicy | None = None,
+    unmatched: Sequence[str] = (),
+) -> dict[str, Any]:
     """The JSON-ready document of ``/memstats`` for one State (``docs/memstats.schema.json``).
 
     Bytes stay exact integers and unknown values stay ``None`` (JSON null); levels are names.
     ``now`` is a reading of the watchdog's clock (``time.monotonic()`` by default), against
     which the sample's and the heartbeat's ages are measured; the sampler's timestamps are on
     the same clock in the agent. Non-finite floats become null (JSON cannot carry them).
+    ``policy`` gives ``thresholds`` (null without it); ``unmatched`` names configured targets
+    that match no process right now, so a typo in a config is visible, not silent.
     """
     if now is None:
         now = time.monotonic()
@@ -177,9 +209,37 @@ def memstats(state: State, *, version: str, now: float | None = None) -> dict[st
         "skip_counts": dict(sorted(state.skip_counts.items())),
         "reclaimed_total": state.reclaimed_total,
         "counters": dict(sorted(state.counters.items())),
+        "thresholds": thresholds_dict(policy) if policy is not None else None,
+        "unmatched": sorted(unmatched),
     }
     result: dict[str, Any] = _finite(doc)
     return result
+
+
+# --- liveness ---------------------------------------------------------------------------------
+
+
+class Health(NamedTuple):
+    """The loop's liveness at one instant: ``/healthz`` and systemd's watchdog both use it."""
+
+    healthy: bool
+    age: float  # seconds since the last completed tick
+    limit: float  # HEALTH_FACTOR x the configured interval
+    busy_left: float | None  # seconds left of a stop in flight (healthy meanwhile), else None
+
+
+def heartbeat_health(state: State, now: float, interval: float) -> Health:
+    """Healthy while the heartbeat is younger than :data:`HEALTH_FACTOR` x ``interval``, or a
+    stop in flight has not passed its own deadline plus that limit (``State.busy_until``): the
+    loop is then quiet, not stalled."""
+    age = now - state.heartbeat
+    limit = HEALTH_FACTOR * interval
+    if state.failed is not None:  # the loop died: no deadline makes it healthy again
+        return Health(False, age, limit, None)
+    busy = state.busy_until
+    if busy is not None and now < busy + limit:
+        return Health(True, age, limit, busy - now)
+    return Health(age < limit, age, limit, None)
 
 
 # --- the WSGI app ----------------------------------------------------------------------------
@@ -200,6 +260,8 @@ def make_app(
     interval: Callable[[], float],
     watchdog_enabled: bool = True,
     clock: Callable[[], float] = time.monotonic,
+    policy: Callable[[], PressurePolicy] | None = None,
+    unmatched: Callable[[], Sequence[str]] | None = None,
 ) -> WSGIApplication:
     """The agent's WSGI app: ``/metrics``, ``/memstats``, ``/healthz``, ``/readyz``.
 
@@ -209,8 +271,10 @@ def make_app(
     :data:`HEALTH_FACTOR` x the interval (or a stop in flight has not passed its deadline,
     ``State.busy_until``), else 503 naming the age and the limit (200 when the watchdog is
     disabled); ``/readyz`` is 200 once a sample exists (or the watchdog is
-    disabled), else 503. Other paths are 404, other methods than GET and HEAD 405. A failure
-    inside a handler is logged and answered 500; it never reaches the server thread.
+    disabled), else 503. ``policy`` and ``unmatched`` feed ``/memstats``' ``thresholds`` and
+    ``unmatched`` (read per request: a reload changes both). Other paths are 404, other
+    methods than GET and HEAD 405. A failure inside a handler is logged and answered 500;
+    it never reaches the server thread.
     """
     metrics_app = make_wsgi_app(registry)
     was_healthy = [True]  # logged on change only (STYLE rule 17); a race only repeats a line
@@ -218,22 +282,15 @@ def make_app(
     def healthz() -> _Response:
         if not watchdog_enabled:
             return _text("200 OK", "ok: watchdog disabled\n")
-        now = clock()
         current = state()
         if current.failed is not None:
             return _text(
                 "503 Service Unavailable", f"unhealthy: the watchdog loop died: {current.failed}\n"
             )
-        age = now - current.heartbeat
         every = interval()
-        limit = HEALTH_FACTOR * every
-        if current.busy_until is not None and now < current.busy_until + limit:
-            # A stop in its grace period: the loop is quiet, not stalled, until the stop's own
-            # deadline (plus the usual limit for the tick after it).
-            return _text(
-                "200 OK", f"ok: stopping a target (deadline in {current.busy_until - now:.1f} s)\n"
-            )
-        healthy = age < limit
+        healthy, age, limit, busy_left = heartbeat_health(current, clock(), every)
+        if busy_left is not None:
+            return _text("200 OK", f"ok: stopping a target (deadline in {busy_left:.1f} s)\n")
         if healthy != was_healthy[0]:
             was_healthy[0] = healthy
             if healthy:
@@ -256,7 +313,13 @@ def make_app(
         return _text("503 Service Unavailable", "not ready: no sample yet\n")
 
     def memstats_json() -> _Response:
-        doc = memstats(state(), version=version, now=clock())
+        doc = memstats(
+            state(),
+            version=version,
+            now=clock(),
+            policy=policy() if policy is not None else None,
+            unmatched=unmatched() if unmatched is not None else (),
+        )
         body = json.dumps(doc, allow_nan=False, separators=(",", ":")).encode()
         return "200 OK", [("Content-Type", "application/json"), ("Cache-Control", "no-store")], body
 
@@ -322,9 +385,70 @@ class _LogStream(io.TextIOBase):
         return len(s)
 
 
+MAX_REQUEST_HEAD = 16 * 1024
+"""Bytes of request line plus headers one request may send; more is answered 431. The stdlib
+allows 100 headers of 64 KiB each: 10 such requests took the agent from 29 to 313 MiB RSS."""
+
+REQUEST_HEAD_TIMEOUT = 10.0
+"""Seconds a client has to send its whole request head: a per-recv timeout alone lets a client
+that sends one byte every few seconds (slowloris) hold its thread for hours."""
+
+MAX_CONNECTIONS = 512
+"""Connections served at once (one thread each); the next is answered 503 and closed. Above
+the 300 concurrent idle clients benchmarks/http_load.py holds while /healthz stays fast."""
+
+LISTEN_BACKLOG = 1024
+"""listen() backlog (socketserver's default is 5: a burst of scrapers got connection resets).
+The kernel caps it at net.core.somaxconn (Linux) or kern.ipc.somaxconn (macOS)."""
+
+_CLIENT_ERRORS = (TimeoutError, ConnectionError, http.client.HTTPException)
+
+
+class _HeadReader:
+    """The handler's ``rfile`` while the request head is read: counts its bytes against
+    :data:`MAX_REQUEST_HEAD` (http.client's ``LineTooLong``, which ``parse_request`` answers
+    with 431) and bounds the whole head by one deadline (``TimeoutError``)."""
+
+    def __init__(self, raw: Any, sock: socket.socket, limit: int, timeout: float) -> None:
+        self._raw = raw
+        self._sock = sock
+        self._left = limit
+        self._deadline = time.monotonic() + timeout
+
+    def readline(self, size: int = -1) -> bytes:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request head not complete in time")
+        self._sock.settimeout(remaining)
+        line: bytes = self._raw.readline(size)
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong(f"request head over {MAX_REQUEST_HEAD} bytes")
+        return line
+
+    def __getattr__(self, name: str) -> Any:  # read(), close(): the body is not counted
+        return getattr(self._raw, name)
+
+
 class _Handler(WSGIRequestHandler):
-    # A client that connects and sends nothing would pin its thread forever without this.
-    timeout = 10.0
+    # A client that connects and sends nothing would pin its thread forever without this; it
+    # is the per-recv timeout while the response is written too.
+    timeout = REQUEST_HEAD_TIMEOUT
+
+    def setup(self) -> None:
+        super().setup()
+        server = cast("_ThreadingServer", self.server)
+        self.rfile = cast(
+            "io.BufferedReader",
+            _HeadReader(self.rfile, self.connection, server.max_head, server.head_timeout),
+        )
+
+    def parse_request(self) -> bool:
+        ok: bool = super().parse_request()
+        # The head's deadline may have left a tiny per-recv timeout: the response (a /metrics
+        # body of tens of kB) gets the full one again.
+        self.connection.settimeout(self.timeout)
+        return ok
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("event=http_request client=%s line=%r", self.address_string(), format % args)
@@ -334,9 +458,14 @@ class _Handler(WSGIRequestHandler):
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
-    """One daemon thread per request: a slow scraper never blocks another, or shutdown."""
+    """One daemon thread per connection, at most :data:`MAX_CONNECTIONS` at once: a slow
+    scraper never blocks another, or shutdown, and a flood cannot take unbounded threads."""
 
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
+    max_connections = MAX_CONNECTIONS
+    max_head = MAX_REQUEST_HEAD
+    head_timeout = REQUEST_HEAD_TIMEOUT
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the bound address with socket.getfqdn(), which can
@@ -346,26 +475,100 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
         self.server_name = str(host)
         self.server_port = int(port)
         self.setup_environ()
+        self._active = 0
+        self._refused = 0
+        self._count_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._count_lock:
+            over = self._active >= self.max_connections
+            if over:
+                self._refused += 1
+                first = self._refused == 1
+            else:
+                self._active += 1
+                recovered, self._refused = self._refused, 0
+        if over:
+            if first:  # once per episode, not per refused connection
+                log.warning("event=http_connections_full limit=%d", self.max_connections)
+            self._refuse(request)
+            return
+        if recovered:
+            log.info("event=http_connections_available refused=%d", recovered)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # the thread did not start: give the slot back
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self._active -= 1
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Answer 503 without reading the request, and close (on the accepting thread: bounded
+        by a short send timeout)."""
+        with contextlib.suppress(OSError):
+            request.settimeout(0.05)
+            request.sendall(
+                b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: 22\r\nConnection: close\r\n\r\ntoo many connections\r\n"
+            )
+        self.shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.warning("event=http_connection_error client=%s", client_address, exc_info=True)
+        """One line per failed connection, never a traceback: a client that times out, resets
+        or sends garbage is routine (INFO); anything else is logged with its type (WARNING)."""
+        exc = sys.exc_info()[1]
+        client = client_address[0] if isinstance(client_address, tuple) else client_address
+        if isinstance(exc, _CLIENT_ERRORS):
+            log.info("event=http_connection_failed client=%s error=%r", client, str(exc))
+        else:
+            log.warning(
+                "event=http_connection_error client=%s error=%s:%r",
+                client,
+                type(exc).__name__,
+                str(exc),
+            )
 
 
 class Server:
     """Serves a WSGI app on ``host:port`` from a daemon thread.
 
     :meth:`start` binds at once, so a port in use raises ``OSError`` (EADDRINUSE) to the
-    caller before any thread starts (the agent exits 2 with it). ``port`` 0 takes an
-    ephemeral port; :attr:`port` is the bound one. IPv6 hosts (``::1``) work.
+    caller before any thread starts (the agent exits 2 with it). The limits (connections at
+    once, request-head bytes and time) default to the module's constants; tests lower them.
+    ``port`` 0 takes an ephemeral port; :attr:`port` is the bound one. IPv6 hosts (``::1``)
+    work.
     """
 
     # serve_forever's select() timeout: bounds how long stop() waits for the loop to notice.
     POLL_INTERVAL = 0.25
 
-    def __init__(self, app: WSGIApplication, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: WSGIApplication,
+        host: str,
+        port: int,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        max_head: int = MAX_REQUEST_HEAD,
+        head_timeout: float = REQUEST_HEAD_TIMEOUT,
+    ) -> None:
         self.app = app
         self.host = host
         self._requested_port = port
+        self._limits = {
+            "max_connections": max_connections,
+            "max_head": max_head,
+            "head_timeout": head_timeout,
+        }
         self._httpd: _ThreadingServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -381,7 +584,9 @@ class Server:
         if self._httpd is not None:
             raise RuntimeError("Server already started")
         family = socket.getaddrinfo(self.host, self._requested_port, type=socket.SOCK_STREAM)[0][0]
-        server_cls = type("_Server", (_ThreadingServer,), {"address_family": family})
+        server_cls = type(
+            "_Server", (_ThreadingServer,), {"address_family": family, **self._limits}
+        )
         httpd: _ThreadingServer = server_cls((self.host, self._requested_port), _Handler)
         httpd.set_app(self.app)
         self._httpd = httpd

@@ -42,11 +42,15 @@ def family_name(name: str) -> str:
 
 
 def sample_value(body: str, name: str, **labels: str) -> float | None:
-    for fam in text_string_to_metric_families(body):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return None
+    """The sum of ``name``'s samples with these labels (others free); None if there is none.
+    Summed: counters with known labels are exported from 0, so the first match may be 0."""
+    found = [
+        float(s.value)
+        for fam in text_string_to_metric_families(body)
+        for s in fam.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    return sum(found) if found else None
 
 
 def metrics(agent: AgentProcess) -> str:

@@ -60,7 +60,8 @@ ISSUE_NAMES = (
     "metalmem_gpu_used_bytes",
     "metalmem_pressure_level",
     "metalmem_pressure_state",
-    "metalmem_pressure_signal",
+    "metalmem_pressure_signal_ratio",
+    "metalmem_pressure_threshold_ratio",
     "metalmem_process_footprint_bytes",
     "metalmem_process_rss_bytes",
     "metalmem_evictions_total",
@@ -101,7 +102,7 @@ Scrape = dict[str, list[Sample]]
 
 def scrape(collector: MetalmemCollector) -> Scrape:
     """Text exposition of a fresh registry, parsed back: exposed family name -> samples."""
-    text = generate_latest(make_registry(collector)).decode()
+    text = generate_latest(make_registry(collector, self_metrics=False)).decode()
     out: Scrape = {}
     for family in text_string_to_metric_families(text):
         name = family.name + "_total" if family.type == "counter" else family.name
@@ -177,7 +178,7 @@ def test_every_family_is_exported_and_agrees_with_the_state(
     one_hot = {x.labels["level"]: x.value for x in s["metalmem_pressure_state"]}
     assert one_hot == {lvl.name.lower(): float(lvl == assessment.level) for lvl in Level}
     assert system.total is not None and system.available is not None
-    assert value(s, "metalmem_pressure_signal", signal="memory.available") == pytest.approx(
+    assert value(s, "metalmem_pressure_signal_ratio", signal="memory.available") == pytest.approx(
         system.available / system.total
     )
 
@@ -192,6 +193,10 @@ def test_every_family_is_exported_and_agrees_with_the_state(
     assert value(s, "metalmem_targets") == 2
 
     assert value(s, "metalmem_evictions_total", reason="x", result="y") is None
+    # Known labels from 0, so increase() sees the first eviction (issue 18).
+    evictions = s["metalmem_evictions_total"]
+    assert len(evictions) == len(metalmem.Signal) * (len(metalmem.StopResult) + 1)
+    assert all(x.value == 0 for x in evictions)
     assert {x.labels["reason"] for x in s["metalmem_evictions_skipped_total"]} == {
         r.value for r in metalmem.SkipReason
     }
@@ -229,9 +234,11 @@ def test_agent_stats_are_exported_with_both_reload_results(sampler: metalmem.Sam
     assert value(s, "metalmem_config_reloads_total", result="success") == 0
     assert value(s, "metalmem_config_reloads_total", result="failure") == 0
     assert value(s, "metalmem_kube_dropped_total") == 0
-    assert s["metalmem_kube_writes_total"] == []
-    stats.config_reload("failure")
+    assert {x.value for x in s["metalmem_kube_writes_total"]} == {0}
+    assert value(s, "metalmem_config_last_reload_successful") == 1
     stats.config_reload("success")
+    stats.config_reload("failure")
+    assert value(scrape(collector), "metalmem_config_last_reload_successful") == 0
     stats.config_reload("success")
     stats.kube_write("event", "success")
     stats.kube_write("condition", "conflict")
@@ -242,6 +249,7 @@ def test_agent_stats_are_exported_with_both_reload_results(sampler: metalmem.Sam
     assert value(s, "metalmem_kube_writes_total", kind="event", result="success") == 1
     assert value(s, "metalmem_kube_writes_total", kind="condition", result="conflict") == 1
     assert value(s, "metalmem_kube_dropped_total") == 3
+    assert value(s, "metalmem_config_last_reload_successful") == 1
     # Nothing sampled yet: no memory or pressure series, never zeros.
     assert s["metalmem_memory_total_bytes"] == [] and s["metalmem_pressure_level"] == []
     assert s["metalmem_pressure_state"] == []
@@ -282,7 +290,7 @@ def test_unknown_values_are_omitted_never_zero(sampler: metalmem.Sampler) -> Non
             else:
                 assert value(s, name) == getattr(system, field), name
     s = scrape(collector_for(lambda: dataclasses.replace(real, system=known_gpu)))
-    headroom = value(s, "metalmem_pressure_signal", signal="gpu.headroom")
+    headroom = value(s, "metalmem_pressure_signal_ratio", signal="gpu.headroom")
     assert headroom == pytest.approx(5 / 8)
 
 
@@ -374,7 +382,9 @@ def test_evictions_skips_and_reclaim_are_counted_as_the_state_says(
     exported = {
         (x.labels["reason"], x.labels["result"]): x.value for x in s["metalmem_evictions_total"]
     }
-    assert exported == {k: float(v) for k, v in state.eviction_counts.items()}
+    assert {k: v for k, v in exported.items() if v} == {
+        k: float(v) for k, v in state.eviction_counts.items()
+    }
 
 
 def test_sample_durations_buckets_are_cumulative_and_inclusive() -> None:

@@ -157,7 +157,9 @@ def test_metrics_parse_and_agree_with_the_state(agent: Agent) -> None:
     families = exposed_names(r.body.decode())
     system = agent.dog.state.system
     assert system is not None
-    assert set(families) == set(METRIC_NAMES)  # every family, with samples where known
+    # every family, with samples where known, and the client library's process_* and python_*
+    assert {n for n in families if n.startswith("metalmem_")} == set(METRIC_NAMES)
+    assert "process_cpu_seconds_total" in families and "python_info" in families
     for field, name in SYSTEM_METRICS.items():
         assert (families[name] == []) == (getattr(system, field) is None), name
     (total,) = families["metalmem_memory_total_bytes"]
