@@ -1058,9 +1058,9 @@ def explain(config_path: str | None, discover: str | None, scope: str, as_json: 
     pattern = discover if discover is not None else (config.discover if config else None)
     if pattern is not None:
         try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise click.BadParameter(f"{pattern!r}: {exc}", param_hint="'--discover'") from None
+            check_pattern(pattern, "pattern")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--discover'") from None
     specs = config.targets if config else ()
     pressure = config.pressure if config else PressurePolicy()
     eviction = config.eviction if config else EvictionPolicy()

@@ -41,7 +41,7 @@ import metalmem
 from metalmem.level import Level
 from metalmem.pressure import Classifier, PressurePolicy
 from metalmem.sampler import GpuMemory, ProcessMemory, Sampler, SystemMemory
-from metalmem.targets import TargetTracker, parse_ps_output
+from metalmem.targets import TargetTracker, check_pattern, parse_ps_output
 
 from .agent import DEFAULT_LISTEN, ListenType
 from .common import EXIT_FAILURE, EXIT_OK, human_bytes, unmatched_targets
@@ -1296,9 +1296,9 @@ def _options(
         discover = config.discover
     if discover is not None:
         try:
-            re.compile(discover)
-        except re.error as exc:
-            raise click.BadParameter(f"not a regex: {exc}", param_hint="'--discover'") from None
+            check_pattern(discover, "pattern")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--discover'") from None
     scope = scope or str(agent.get("scope", "host"))
     assert listen is not None
     return DoctorOptions(
