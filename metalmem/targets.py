@@ -860,13 +860,24 @@ class TargetTracker:
         max_matches: int = DEFAULT_MAX_MATCHES,
     ) -> None:
         """Take new specs and discovery settings (a reload); pins of specs still configured
-        are kept, the others dropped. Takes effect at the next :meth:`refresh`."""
+        are kept, the others dropped, new ones pinned now. The targets change at the next
+        :meth:`refresh`."""
         if discover_pattern is not None:
             check_pattern(discover_pattern, "discovery pattern")
         self._specs = tuple(specs)
         self._pattern = discover_pattern
         self._max_matches = max_matches
         self._pins.retain(s.key for s in self._specs if s.pid is not None)
+        # A new ``pid =`` spec is pinned now, not at the next refresh: a pid reused in between
+        # would otherwise be what the agent "first saw".
+        fresh = [
+            s for s in self._specs
+            if s.pid is not None and ((p := self._pins.get(s.key)) is None or p.pid != s.pid)
+        ]  # fmt: skip
+        starts = _start_times(self._sampler, (s.pid for s in fresh if s.pid is not None))
+        for spec in fresh:
+            assert spec.pid is not None
+            self._pin_first(spec, starts.get(spec.pid))
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -929,6 +940,17 @@ class TargetTracker:
         self.refused = None
         return found
 
+    def _pin_first(self, spec: TargetSpec, start_time: float | None) -> Pin:
+        """Pin a ``pid =`` spec seen for the first time (at start, or a reload that added it
+        or changed its pid) to the process its pid names now, or to nothing."""
+        assert spec.pid is not None
+        pin = Pin(spec.pid, start_time)
+        self._pins.set(spec.key, pin)
+        if start_time is None:
+            log.warning("event=target_pid_absent key=%s pid=%d action=never_adopt",
+                        spec.key, spec.pid)  # fmt: skip
+        return pin
+
     def _pin(self, targets: list[Target]) -> list[Target]:
         """Keep a ``pid =`` target only while it is the process its pin adopted."""
         by_key = {t.key: t for t in targets}
@@ -938,12 +960,8 @@ class TargetTracker:
                 continue
             t = by_key.get(spec.key)
             pin = self._pins.get(spec.key)
-            if pin is None or pin.pid != spec.pid:  # first seen: at start, or a new pid by reload
-                pin = Pin(spec.pid, t.start_time if t is not None else None)
-                self._pins.set(spec.key, pin)
-                if t is None:
-                    log.warning("event=target_pid_absent key=%s pid=%d action=never_adopt",
-                                spec.key, spec.pid)  # fmt: skip
+            if pin is None or pin.pid != spec.pid:
+                pin = self._pin_first(spec, t.start_time if t is not None else None)
             if t is None or t.start_time == pin.start_time:
                 continue
             refused.add(spec.key)

@@ -253,9 +253,6 @@ def test_a_protected_object_is_not_stopped_on_the_first_critical_tick(
         with _kube_agent(tmp_path, fake, targets) as agent:
             wait_for(lambda: "reason=all_protected" in agent.log(), timeout=20,
                      what="all protected, once the object was read")  # fmt: skip
-            assert "reason=metadata_pending" in agent.log() or "priority=batch" not in "".join(
-                _stops(agent, chat.pid)
-            )
             assert not fake.get("llm", "chat")["spec"].get("suspend")
         _untouched(chat)
         _untouched(keeper)

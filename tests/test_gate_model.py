@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -68,6 +69,7 @@ class Role:
     by: str = "pid"
     applied: bool = False  # in the specs the tracker has
     state: str = "alive"  # alive, zombie, reaped
+    marker: str = ""  # unique on the host: another test run's cmdline must never match ours
 
     @property
     def key(self) -> str:
@@ -75,7 +77,7 @@ class Role:
 
     def spec(self) -> TargetSpec:
         how: dict[str, Any] = (
-            {"pid": self.child.pid} if self.by == "pid" else {"cmdline": rf"--mm-{self.name}\b"}
+            {"pid": self.child.pid} if self.by == "pid" else {"cmdline": rf"--{self.marker}\b"}
         )
         return TargetSpec(
             name=self.name, namespace=NS if self.kube else None, priority=Priority(self.priority),
@@ -152,9 +154,10 @@ class World:
     def spawn(self, priority: str, protected: bool, by: str, kube: bool, kprot: bool) -> None:
         self.n += 1
         name = f"m{self.n}"
-        child = spawn_child(allocate_mib=4, signal_log=self.tmp / name, args=[f"--mm-{name}"])
+        marker = f"mm-{uuid.uuid4().hex}-{name}"
+        child = spawn_child(allocate_mib=4, signal_log=self.tmp / name, args=[f"--{marker}"])
         role = Role(name, child, priority=priority, protected=protected, kube=kube, by=by,
-                    kube_protected=kube and kprot)  # fmt: skip
+                    kube_protected=kube and kprot, marker=marker)  # fmt: skip
         if kube:
             self.fake.create({
                 "apiVersion": "inference.llmkube.dev/v1alpha1", "kind": "InferenceService",
@@ -214,7 +217,11 @@ class World:
     def phase(self, critical: bool) -> None:
         self.dog.classifier.set_policy(self.critical if critical else CALM)
         self.dog.planner.pressure = self.critical if critical else CALM  # type: ignore[union-attr]
-        for _ in range(6):
+        for i in range(12):
+            # Six ticks, then on until no stop is settling: a stop's record is published when
+            # its settle phase ends, and must be seen before the next step changes the world.
+            if i >= 6 and self.dog.state.settling is None:
+                break
             before = len(self.records)
             self.dog.tick()
             self._check_evictions(self.records[before:])
