@@ -863,6 +863,14 @@ def _thresholds_text(policy: PressurePolicy) -> str:
     return format_thresholds(thresholds_dict(policy))
 
 
+def _is_blank(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return not f.read(4096).strip()
+    except OSError:
+        return False  # load_config reports it
+
+
 def _reload(
     ctx: click.Context, agent: Agent, values: Mapping[str, Any], path: str | None, why: str
 ) -> bool:
@@ -870,6 +878,10 @@ def _reload(
         log.info("event=config_reload_skipped reason=no_config_file trigger=%s", why)
         return False
     try:
+        if _is_blank(path):
+            # Valid TOML, but at a reload almost always a save caught half-way (editors
+            # truncate, then write): dropping every target on that would be a silent surprise.
+            raise ConfigError(f"{path}: the file is empty; keeping the running config")
         settings = resolve_settings(ctx, values, load_config(path))
         agent.check_discovery(settings)
     except (ConfigError, click.BadParameter, TooManyMatches) as exc:

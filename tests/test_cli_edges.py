@@ -237,12 +237,13 @@ def test_kube_error_text_is_one_short_line_without_headers() -> None:
     assert "refused" in text.lower(), text
 
 
-def test_a_reload_that_empties_the_config_names_the_dropped_targets(
+def test_a_reload_of_an_emptied_config_is_refused(
     tmp_path: pathlib.Path, children: Children
 ) -> None:
     with _agent(tmp_path, children) as (agent, config):
-        config.write_text("")  # valid TOML, and every target gone
+        before = len(agent.memstats()["processes"])
+        config.write_text("")  # valid TOML, but a save caught half-way: keep every target
         agent.signal(signal.SIGHUP)
-        wait_for(lambda: "event=config_reloaded" in agent.log(), timeout=15, what="reload")
-        assert "event=config_reload_drops_targets" in agent.log()
-        assert "dropped=2" in agent.log()
+        wait_for(lambda: "event=config_reload_failed" in agent.log(), timeout=15, what="refusal")
+        assert "the file is empty; keeping the running config" in agent.log()
+        assert before == 1 and len(agent.memstats()["processes"]) == before  # "real" stays
