@@ -644,6 +644,20 @@ class FakeKube:
             namespace, name, "status" if status else None, content_type, body, manager, force
         )
 
+    def update(
+        self,
+        namespace: str,
+        name: str,
+        body: dict[str, Any],
+        *,
+        status: bool = False,
+        manager: str = "manager",
+    ) -> dict[str, Any]:
+        """An Update (PUT; client-go ``Update`` / ``Status().Update``): the whole object (or
+        its whole status) with the ``resourceVersion`` it was read at (409 when stale)."""
+        sub = "status" if status else None
+        return self._put_object(namespace, name, sub, copy.deepcopy(body), manager)
+
     def delete(self, namespace: str, name: str) -> None:
         self._delete_object(namespace, name)
 
@@ -685,6 +699,11 @@ class FakeKube:
         body: Any = None
         try:
             self._wait_if_stalled()
+            if method == "GET" and parsed.path.rstrip("/") == "/version":  # open, as the real one
+                return 200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-kubefake",
+                             "gitCommit": "0" * 40, "gitTreeState": "clean",
+                             "buildDate": "2024-08-13T07:28:49Z", "goVersion": "go1.22.5",
+                             "compiler": "gc", "platform": "linux/amd64"}  # fmt: skip
             route = self._route(method, parsed.path, query)
             if headers.get("authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized")
@@ -1238,6 +1257,67 @@ class FakeKube:
         )
         self._events[(ns, name)] = body
         return copy.deepcopy(body)
+
+
+class LLMKube:
+    """LLMKube's writers of an InferenceService's status, as its source does them
+    (reference/llmkube-cluster.md; the manager names are controller-runtime's defaults as we
+    assume them: the binary's name):
+
+    - :meth:`controller`: the main controller's status builder reads the object and
+      ``Status().Update``s the whole status with *its own* view of the conditions;
+    - :meth:`gateway`: the gateway/SLO controllers merge-patch ``status.conditions`` without a
+      resourceVersion, which replaces the whole list;
+    - :meth:`watchdog`: the metal agent's own memory watchdog read-modify-``Status().Update``s
+      a ``MemoryPressure`` condition of its own.
+    """
+
+    CONTROLLER = "manager"
+    GATEWAY = "llmkube-gateway"
+    METAL_AGENT = "llmkube-metal-agent"
+
+    def __init__(self, fake: FakeKube) -> None:
+        self.fake = fake
+
+    @staticmethod
+    def _cond(ctype: str, status: str, reason: str, message: str) -> dict[str, Any]:
+        return {"type": ctype, "status": status, "reason": reason, "message": message,
+                "lastTransitionTime": now_rfc3339()}  # fmt: skip
+
+    def controller(self, ns: str, name: str, *, phase: str = "Ready") -> dict[str, Any]:
+        obj = self.fake.get(ns, name)
+        assert obj is not None
+        status = dict(obj.get("status") or {})
+        status["phase"] = phase
+        status["conditions"] = [self._cond("Available", "True", "Ready", "serving")]
+        body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"],
+                "status": status}  # fmt: skip
+        return self.fake.update(ns, name, body, status=True, manager=self.CONTROLLER)
+
+    def gateway(self, ns: str, name: str) -> dict[str, Any]:
+        conditions = [
+            self._cond("Available", "True", "Ready", "serving"),
+            self._cond("GatewayReady", "True", "Routed", "route programmed"),
+        ]
+        return self.fake.patch(ns, name, {"status": {"conditions": conditions}}, status=True,
+                               manager=self.GATEWAY)  # fmt: skip
+
+    def watchdog(
+        self, ns: str, name: str, *, status: str = "True", reason: str = "MemoryPressureWarning"
+    ) -> dict[str, Any]:
+        obj = self.fake.get(ns, name)
+        assert obj is not None
+        conditions = [
+            c for c in (obj.get("status") or {}).get("conditions") or ()
+            if c.get("type") != "MemoryPressure"
+        ]  # fmt: skip
+        conditions.append(
+            self._cond("MemoryPressure", status, reason, "available memory ratio 0.15 < 0.20")
+        )
+        status_ = dict(obj.get("status") or {}, conditions=conditions)
+        body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"],
+                "status": status_}  # fmt: skip
+        return self.fake.update(ns, name, body, status=True, manager=self.METAL_AGENT)
 
 
 def _invalid_event(name: str, causes: list[dict[str, str]]) -> ApiError:

@@ -48,6 +48,7 @@ class WriteKind(enum.StrEnum):
     EVENT = "event"
     SUSPEND = "suspend"
     RESUME = "resume"
+    ANNOTATION = "annotation"
 
 
 class WriteResult(enum.StrEnum):
@@ -67,6 +68,10 @@ class KubeStats(Protocol):
 
     def kube_dropped(self, n: int = 1) -> None: ...
 
+    def kube_condition_restored(self, cause: str) -> None: ...
+
+    def kube_condition_other_writer(self, manager: str) -> None: ...
+
 
 class NoStats:
     """Counts nothing (a reporter used without metrics)."""
@@ -75,6 +80,12 @@ class NoStats:
         pass
 
     def kube_dropped(self, n: int = 1) -> None:
+        pass
+
+    def kube_condition_restored(self, cause: str) -> None:
+        pass
+
+    def kube_condition_other_writer(self, manager: str) -> None:
         pass
 
 

@@ -8,6 +8,7 @@ list-map entry (field manager ``metalmem``, forced), so other conditions are nev
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import enum
@@ -20,8 +21,8 @@ from ..level import Level
 from ..pressure import Assessment
 from ..sampler import SystemMemory
 from ..targets import KubeRef
-from .api import Api, CallFailed, Failures, WriteKind, WriteResult
-from .objects import CONDITION_TYPE, ObjectStore
+from .api import FIELD_MANAGER, Api, CallFailed, Failures, WriteKind, WriteResult
+from .objects import CONDITION_TYPE, ObjectInfo, ObjectStore
 from .options import Resource
 
 __all__ = [
@@ -120,6 +121,9 @@ class ConditionSync:
         # worker-only state
         self._written: dict[KubeRef, Desired] = {}
         self._written_condition: dict[KubeRef, dict[str, Any]] = {}
+        self._history: dict[KubeRef, collections.deque[dict[str, Any]]] = {}
+        self._told: set[str] = set()  # other writers of the condition type, logged once each
+        self.other_writers: frozenset[str] = frozenset()
 
     # --- listeners ---------------------------------------------------------------------------
     def has_desired(self, ref: KubeRef) -> bool:
@@ -144,6 +148,50 @@ class ConditionSync:
         """Write ``ref``'s condition again (the object was recreated, or lost our entry)."""
         self._written.pop(ref, None)
         self._written_condition.pop(ref, None)
+
+    def heal(self, read: dict[KubeRef, ObjectInfo], failures: Failures) -> int:
+        """After a refresh: where an object's entry is not the one we last applied (another
+        writer removed it, replaced the list, or wrote the type), write ours again at the next
+        :meth:`sync`: at most once per refresh per object, counted by cause (``removed``,
+        ``stale``: an older one of ours, ``changed``: someone else's content). Another field
+        manager owning the entry with content not ours is told once per manager."""
+        restored = 0
+        for ref, info in read.items():
+            ours = self._written_condition.get(ref)
+            if ours is None:
+                continue
+            entry = info.condition
+            if entry is not None and _same(entry, ours):
+                continue
+            if entry is None:
+                cause = "removed"
+            elif any(_same(entry, old) for old in self._history.get(ref, ())):
+                cause = "stale"
+            else:
+                cause = "changed"
+                self._tell(ref, info, failures)
+            self._written.pop(ref, None)
+            restored += 1
+            failures.stats.kube_condition_restored(cause)
+            log.info("event=kube_condition_restore ref=%s/%s cause=%s", ref.namespace, ref.name,
+                     cause)  # fmt: skip
+        return restored
+
+    def _tell(self, ref: KubeRef, info: ObjectInfo, failures: Failures) -> None:
+        others = info.condition_owners - {FIELD_MANAGER}
+        new = others - self._told
+        if not others:
+            return
+        self.other_writers = self.other_writers | others
+        for manager in sorted(new):
+            self._told.add(manager)
+            failures.stats.kube_condition_other_writer(manager)
+            log.warning(
+                "event=kube_condition_other_writer ref=%s/%s type=%s manager=%r hint=%r",
+                ref.namespace, ref.name, CONDITION_TYPE, manager,
+                "another agent writes this condition (LLMKube's metal agent: its memory "
+                "watchdog, --memory-watchdog-interval=0 turns it off; docs/kubernetes.md)",
+            )  # fmt: skip
 
     def sync(self, api: Api, failures: Failures) -> bool:
         """Write every desired condition that differs from the last one written."""
@@ -193,8 +241,14 @@ class ConditionSync:
         self._store.remember(ref, obj)
         self._written[ref] = desired
         self._written_condition[ref] = condition
+        self._history.setdefault(ref, collections.deque(maxlen=8)).append(condition)
         failures.stats.kube_write(WriteKind.CONDITION, WriteResult.SUCCESS)
         log.info(
             "event=kube_condition ref=%s/%s status=%s reason=%s last_transition=%s",
             ref.namespace, ref.name, desired.status, desired.reason, transition,
         )  # fmt: skip
+
+
+def _same(entry: Any, ours: dict[str, Any]) -> bool:
+    """Whether a stored condition entry is the one we applied (every field we set)."""
+    return isinstance(entry, dict) and all(entry.get(k) == v for k, v in ours.items())

@@ -33,6 +33,7 @@ log = logging.getLogger("metalmem.kube")
 
 SUSPEND_ANNOTATION = "metalmem.io/suspended"
 CONDITION_TYPE = "MemoryPressure"
+MEMORY_ANNOTATION = "metalmem.io/memory"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,6 +144,29 @@ class ObjectInfo:
     annotation: dict[str, Any] | None  # ours, parsed; None when absent or unreadable
     has_annotation: bool
     condition: Mapping[str, Any] | None  # the stored MemoryPressure condition
+    condition_owners: frozenset[str] = frozenset()  # field managers of that entry
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    memory: str | None = None  # our metalmem.io/memory annotation, as stored
+
+
+def condition_owners(obj: Mapping[str, Any], ctype: str = CONDITION_TYPE) -> frozenset[str]:
+    """The field managers (``metadata.managedFields``) that own any field of the ``ctype``
+    entry of ``status.conditions``: who else writes the condition we write."""
+    owners = set()
+    for entry in (obj.get("metadata") or {}).get("managedFields") or ():
+        if not isinstance(entry, dict):
+            continue
+        fields = ((entry.get("fieldsV1") or {}).get("f:status") or {}).get("f:conditions") or {}
+        for key in fields if isinstance(fields, dict) else ():
+            if not key.startswith("k:"):
+                continue
+            try:
+                item = json.loads(key[2:])
+            except ValueError:
+                continue
+            if isinstance(item, dict) and item.get("type") == ctype:
+                owners.add(str(entry.get("manager") or ""))
+    return frozenset(owners)
 
 
 def info_from(obj: Mapping[str, Any]) -> ObjectInfo:
@@ -179,6 +203,9 @@ def info_from(obj: Mapping[str, Any]) -> ObjectInfo:
         annotation=parsed,
         has_annotation=raw is not None,
         condition=condition,
+        condition_owners=condition_owners(obj),
+        labels={**annotations, **(meta.get("labels") or {})},
+        memory=annotations.get(MEMORY_ANNOTATION),
     )
 
 

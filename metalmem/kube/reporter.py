@@ -147,6 +147,11 @@ class KubeReporter:
         self._warning = pressure.warning_available
 
     @property
+    def condition_writers(self) -> frozenset[str]:
+        """Other field managers seen writing our condition type (for status and doctor)."""
+        return self._condition.other_writers
+
+    @property
     def is_reachable(self) -> bool:
         """False while the API is failing (the worker is backing off)."""
         return self._failures_in_row == 0
@@ -395,7 +400,8 @@ class KubeReporter:
             self._next_refresh = self._clock() + self.options.refresh
             with self._lock:
                 refs = list(self._refs)
-            self._store.refresh(api, self._failures, refs)
+            read = self._store.refresh(api, self._failures, refs)
+            self._condition.heal(read, self._failures)
             return True
         if self._condition.sync(api, self._failures):
             return True

@@ -1,0 +1,138 @@
+"""Issue 16: the reporter among LLMKube's other writers of an InferenceService's status.
+
+The API double plays LLMKube (tests/kubefake.py :class:`LLMKube`): its main controller
+``Status().Update``s the whole status with its own view of the conditions, its gateway
+merge-patches the whole list without a resourceVersion, and its metal agent's memory watchdog
+writes a ``MemoryPressure`` of its own. After each, our entry is back within one refresh, the
+re-apply is counted, the other writer of our type is reported once, and nothing else on the
+object is changed by us.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import pytest
+
+from metalmem.kube import CONDITION_TYPE
+from metalmem.kube.objects import condition_owners
+from metalmem.level import Level
+
+from . import test_kube
+from .helpers import wait_for
+from .kubefake import FakeKube, LLMKube
+from .test_kube import NS, Env, _ticks, linux_only
+
+env = test_kube.env  # the fixture: a /proc tree, the API double, a kubeconfig
+
+
+def _ours(env: Env, name: str) -> dict[str, Any]:
+    """The last MemoryPressure entry metalmem applied to ``name``."""
+    return env.written(name)[-1]
+
+
+def _is_ours(env: Env, name: str) -> bool:
+    c = env.condition(name)
+    ours = _ours(env, name)
+    return c is not None and all(c.get(k) == v for k, v in ours.items())
+
+
+def _others(obj: dict[str, Any]) -> dict[str, Any]:
+    """Everything of the object but our condition entry and the bookkeeping of writes."""
+    meta = {k: v for k, v in obj["metadata"].items()
+            if k not in ("resourceVersion", "managedFields")}  # fmt: skip
+    status = dict(obj.get("status") or {})
+    status["conditions"] = [
+        c for c in status.get("conditions") or () if c.get("type") != CONDITION_TYPE
+    ]
+    return {**obj, "metadata": meta, "status": status}
+
+
+def test_condition_owners_reads_managed_fields() -> None:
+    key = 'k:{"type":"MemoryPressure"}'
+    obj = {"metadata": {"managedFields": [
+        {"manager": "metalmem", "fieldsV1": {"f:status": {"f:conditions": {key: {".": {}}}}}},
+        {"manager": "agent", "fieldsV1": {"f:status": {"f:conditions": {
+            key: {"f:status": {}}, 'k:{"type":"Available"}': {".": {}}}}}},
+        {"manager": "ctrl", "fieldsV1": {"f:status": {"f:conditions": {
+            'k:{"type":"Available"}': {".": {}}}}}},
+        {"manager": "odd", "fieldsV1": {"f:status": {"f:conditions": {"k:{bad": {}}}}},
+    ]}}  # fmt: skip
+    assert condition_owners(obj) == {"metalmem", "agent"}
+
+
+@linux_only
+def test_our_condition_comes_back_after_each_llmkube_writer(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="metalmem.kube")
+    llmkube = LLMKube(env.fake)
+    env.seed("m", priority="normal")
+    kid = env.children.spawn(allocate_mib=8)
+    targets = [env.target(kid, "m")]
+    reporter = env.reporter()
+    reporter.start()
+    dog = env.watchdog(reporter, targets)
+    writers = (
+        ("controller", lambda: llmkube.controller(NS, "m")),
+        ("gateway", lambda: llmkube.gateway(NS, "m")),
+        ("watchdog", lambda: llmkube.watchdog(NS, "m")),
+        ("watchdog again", lambda: llmkube.watchdog(NS, "m", status="False", reason="Normal")),
+    )
+    try:
+        with dog:
+            env.host.set(Level.WARNING)
+            wait_for(lambda: env.reason_is("m", "Warning"), what="our Warning")
+            for what, write in writers:
+                assert reporter.flush(5)
+                applied = len(env.written("m"))
+                before = write()  # the object as the writer left it
+                entry = next((c for c in before["status"]["conditions"]
+                              if c["type"] == CONDITION_TYPE), None)  # fmt: skip
+                assert entry is None or entry["reason"] != _ours(env, "m")["reason"], what
+                # back within one refresh (0.2 s; the deadline is generous for a loaded host)
+                wait_for(lambda: _is_ours(env, "m"), timeout=10, what=f"ours back after {what}")
+                after = env.fake.get(NS, "m")
+                assert after is not None
+                assert _others(after) == _others(before), f"{what}: we changed something else"
+                assert reporter.flush(5)
+                assert len(env.written("m")) == applied + 1, f"{what}: exactly one re-apply"
+            _ticks(dog, 10)
+            assert reporter.flush(5)
+            restored = env.stats.snapshot()["kube_restored"]
+            writers_seen = reporter.condition_writers
+    finally:
+        reporter.stop()
+    assert restored == {"removed": 2, "changed": 2}, restored
+    assert writers_seen == {LLMKube.METAL_AGENT}
+    told = [m for r in caplog.records if "kube_condition_other_writer" in (m := r.getMessage())]
+    assert len(told) == 1 and LLMKube.METAL_AGENT in told[0], "told once"
+    final = env.fake.get(NS, "m")
+    assert final is not None
+    types = [c["type"] for c in final["status"]["conditions"]]
+    assert sorted(types) == ["Available", "GatewayReady", "MemoryPressure"]
+    assert final["status"].get("phase") == "Ready", "the controller's status is kept"
+
+
+def test_doctor_kube_names_another_writer_of_the_condition(tmp_path: pathlib.Path) -> None:
+    """`doctor --kube` lists the objects and names a field manager other than metalmem that
+    owns a MemoryPressure entry (LLMKube's watchdog left on); warn, with the flag that fixes
+    it. Without one it says so, with the number of objects."""
+    pytest.importorskip("kubernetes")
+    from .test_doctor import by_check, doctor_json
+
+    with FakeKube() as fake:
+        config = fake.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+        fake.create({"apiVersion": "inference.llmkube.dev/v1alpha1", "kind": "InferenceService",
+                     "metadata": {"name": "m", "namespace": NS},
+                     "spec": {"modelRef": "llama"}})  # fmt: skip
+        check = by_check(doctor_json("--kube", "--kubeconfig", str(config))[0])["kube"]
+        assert check["verdict"] == "ok", check
+        assert "no other writer of MemoryPressure on 1 object(s)" in check["finding"]
+        LLMKube(fake).watchdog(NS, "m")
+        check = by_check(doctor_json("--kube", "--kubeconfig", str(config))[0])["kube"]
+    assert check["verdict"] == "warn", check
+    assert LLMKube.METAL_AGENT in check["finding"]
+    assert "--memory-watchdog-interval=0" in check["fix"]
