@@ -478,8 +478,13 @@ class FakeKube:
     """The fake API server; ``with FakeKube() as fake:`` serves on ``fake.url`` until exit."""
 
     def __init__(
-        self, crd_path: Path = CRD_PATH, *, rbac: Rbac | None = None, token: str = "fake-token"
+        self,
+        crd_path: Path = CRD_PATH,
+        *,
+        rbac: Rbac | None = None,
+        token: str | None = "fake-token",
     ) -> None:
+        """``token=None``: no authentication (kubectl sends no bearer token over plain HTTP)."""
         self.crd = Crd.load(crd_path)
         self.rbac = rbac
         self.token = token
@@ -566,7 +571,7 @@ class FakeKube:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": self.token}}],
+            "users": [{"name": "fake", "user": {"token": self.token} if self.token else {}}],
             "contexts": [
                 {
                     "name": "fake",
@@ -699,13 +704,15 @@ class FakeKube:
         body: Any = None
         try:
             self._wait_if_stalled()
+            if method == "GET" and parsed.path.rstrip("/") in self._discovery():
+                return 200, self._discovery()[parsed.path.rstrip("/")]
             if method == "GET" and parsed.path.rstrip("/") == "/version":  # open, as the real one
                 return 200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-kubefake",
                              "gitCommit": "0" * 40, "gitTreeState": "clean",
                              "buildDate": "2024-08-13T07:28:49Z", "goVersion": "go1.22.5",
                              "compiler": "gc", "platform": "linux/amd64"}  # fmt: skip
             route = self._route(method, parsed.path, query)
-            if headers.get("authorization") != f"Bearer {self.token}":
+            if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized")
             resource = route["resource"]
             with self._lock:
@@ -728,6 +735,67 @@ class FakeKube:
                         route["group"], route["resource"], route["ns"], route["name"])
             )  # fmt: skip
         return code, result
+
+    # Kinds kubectl may be asked about (apply --dry-run=client maps each document's kind to a
+    # resource through discovery): (group, version, plural, kind, namespaced).
+    DISCOVERED = (
+        ("", "v1", "services", "Service", True),
+        ("", "v1", "serviceaccounts", "ServiceAccount", True),
+        ("", "v1", "secrets", "Secret", True),
+        ("", "v1", "configmaps", "ConfigMap", True),
+        ("", "v1", "namespaces", "Namespace", False),
+        ("apps", "v1", "daemonsets", "DaemonSet", True),
+        ("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+        ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
+        ("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
+        ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
+        ("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", True),
+        ("monitoring.coreos.com", "v1", "prometheusrules", "PrometheusRule", True),
+        (EVENTS_GROUP, EVENTS_VERSION, "events", "Event", True),
+    )
+
+    @functools.cached_property
+    def _discovery_docs(self) -> dict[str, dict[str, Any]]:
+        """Legacy discovery (``/api``, ``/api/v1``, ``/apis``, ``/apis/G/V``) for kubectl: the
+        CRD's resource (with its short names) and :attr:`DISCOVERED`. Only the documents; the
+        fake serves objects of the CRD and Events alone (others are 404: "not there yet")."""
+        crd = self.crd
+        rows = [*self.DISCOVERED, (crd.group, crd.version, crd.plural, crd.kind, True)]
+        verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+        lists: dict[str, list[dict[str, Any]]] = {}
+        for group, version, plural, kind, namespaced in rows:
+            gv = f"{group}/{version}" if group else version
+            entry: dict[str, Any] = {
+                "name": plural,
+                "singularName": kind.lower(),
+                "namespaced": namespaced,
+                "kind": kind,
+                "verbs": verbs,
+            }
+            if plural == crd.plural:
+                entry["shortNames"] = ["isvc"]
+            lists.setdefault(gv, []).append(entry)
+        docs: dict[str, dict[str, Any]] = {
+            "/api": {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [],
+            },
+        }
+        groups = []
+        for gv, resources in lists.items():
+            path = f"/apis/{gv}" if "/" in gv else f"/api/{gv}"
+            docs[path] = {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+                          "resources": resources}  # fmt: skip
+            if "/" in gv:
+                group, version = gv.split("/")
+                ver = {"groupVersion": gv, "version": version}
+                groups.append({"name": group, "versions": [ver], "preferredVersion": ver})
+        docs["/apis"] = {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+        return docs
+
+    def _discovery(self) -> dict[str, dict[str, Any]]:
+        return self._discovery_docs
 
     def _wait_if_stalled(self) -> None:
         with self._stall_cond:

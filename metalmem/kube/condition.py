@@ -111,8 +111,15 @@ class Desired:
 class ConditionSync:
     """Desired conditions (set from the listeners) and the ones written (by the worker)."""
 
-    def __init__(self, resource: Resource, store: ObjectStore, wall: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        resource: Resource,
+        store: ObjectStore,
+        wall: Callable[[], float],
+        memory: Callable[[KubeRef], str | None] = lambda ref: None,
+    ) -> None:
         self._resource = resource
+        self._memory = memory
         self._store = store
         self._wall = wall
         self._lock = threading.Lock()
@@ -214,11 +221,13 @@ class ConditionSync:
         transition = rfc3339(desired.since_unix)
         if previous is not None and previous.get("status") == desired.status:
             transition = str(previous.get("lastTransitionTime") or transition)
+        memory = self._memory(ref)
+        message = desired.message if memory is None else f"{desired.message}; {memory}"
         condition: dict[str, Any] = {
             "type": CONDITION_TYPE,
             "status": desired.status,
             "reason": desired.reason.value,
-            "message": truncate(desired.message, 32768),
+            "message": truncate(message, 32768),
             "lastTransitionTime": transition,
         }
         if info.generation is not None:

@@ -21,12 +21,13 @@ from ..gate import KubeFacts, Refusal
 from ..level import Level
 from ..pressure import Assessment, PressurePolicy
 from ..process import StopRecord, StopResult, stop
-from ..sampler import Sampler, SystemMemory
+from ..sampler import ProcessMemory, Sampler, SystemMemory
 from ..targets import KubeRef, Metadata, Target
 from ..watchdog import EvictionRecord, Listeners, SkipRecord, State
 from .api import Api, CallFailed, Failures, KubeStats, NoStats
 from .condition import ConditionSync, describe, human
 from .events import EventItem, EventReason, EventSink
+from .memory import MemoryAnnotations, MemoryNote
 from .objects import MetadataCache, ObjectStore
 from .options import KubeOptions, Resource
 from .suspend import Suspender
@@ -77,8 +78,9 @@ class KubeReporter:
         self._meta = MetadataCache(state_dir, clock=clock, wall=wall)
         self._store = ObjectStore(self._meta, str(self.resource))
         self._failures = Failures(self._stats, self.resource, self._store.set_missing)
-        self._condition = ConditionSync(self.resource, self._store, wall)
-        self._store.on_recreated = self._condition.forget
+        self._memory = MemoryAnnotations(self._store, options.node_name, clock)
+        self._condition = ConditionSync(self.resource, self._store, wall, self._memory.summary)
+        self._store.on_recreated = self._recreated
         self._events = EventSink(options, self.resource, self._store, self._stats)
         self._suspender = Suspender(
             options, self._store, self._failures, self._post, clock=clock, wall=wall
@@ -235,6 +237,7 @@ class KubeReporter:
     # --- listeners (notifier thread: record, never call the API) --------------------------------
     def _on_sample(self, state: State) -> None:
         self._note((t.key, r) for t in state.targets if (r := self._ref_of(t)) is not None)
+        self._note_memory(state)
         assessment = state.assessment
         fresh: list[KubeRef] = []
         with self._lock:
@@ -249,6 +252,24 @@ class KubeReporter:
                 self._condition.want(ref, level, message)
         if fresh or self._suspender.resume_pending:
             self._wake.set()
+
+    def _note_memory(self, state: State) -> None:
+        """Each object's processes' memory from this sample (the annotation and the condition
+        message carry it)."""
+        per_ref: dict[KubeRef, list[ProcessMemory]] = {}
+        for t in state.targets:
+            ref = self._ref_of(t)
+            rec = state.processes.get(t.key) if ref is not None else None
+            if ref is not None and isinstance(rec, ProcessMemory):
+                per_ref.setdefault(ref, []).append(rec)
+        if per_ref:
+            now = self._wall()
+            for ref, recs in per_ref.items():
+                self._memory.note(ref, MemoryNote.of(recs, now))
+
+    def _recreated(self, ref: KubeRef) -> None:
+        self._condition.forget(ref)
+        self._memory.forget(ref)
 
     def _on_level_change(self, old: Level, new: Level, assessment: Assessment) -> None:
         now = self._wall()
@@ -409,4 +430,4 @@ class KubeReporter:
             level, system = self._level, self._system
         if self._suspender.resume_one(api, level, system, self._warning):
             return True
-        return self._events.send_one(api, self._failures)
+        return self._memory.sync(api, self._failures) or self._events.send_one(api, self._failures)
