@@ -11,6 +11,7 @@ object is changed by us.
 from __future__ import annotations
 
 import logging
+import signal
 import pathlib
 from typing import Any
 
@@ -136,3 +137,44 @@ def test_doctor_kube_names_another_writer_of_the_condition(tmp_path: pathlib.Pat
     assert check["verdict"] == "warn", check
     assert LLMKube.METAL_AGENT in check["finding"]
     assert "--memory-watchdog-interval=0" in check["fix"]
+
+
+@linux_only
+def test_a_kueue_labelled_object_is_never_suspended(env: Env) -> None:
+    """Kueue's admission lever is spec.suspend: metalmem stops the process by signal (through
+    the safety gate) with the reason named, and never writes spec.suspend; the resume path
+    leaves the object alone too."""
+    obj = {"apiVersion": "inference.llmkube.dev/v1alpha1", "kind": "InferenceService",
+           "metadata": {"name": "q", "namespace": NS,
+                        "labels": {"kueue.x-k8s.io/queue-name": "team-a"}},
+           "spec": {"modelRef": "llama", "priority": "batch"}}  # fmt: skip
+    env.fake.create(obj)
+    env.seed("d", priority="high")
+    kid_q = env.children.spawn(allocate_mib=16, signal_log=env.tmp / "q.signals")
+    kid_d = env.children.spawn()
+    targets = [env.target(kid_q, "q", grace=2.0), env.target(kid_d, "d")]
+    suspends: list[str] = []
+    env.fake.watch(lambda kind, old, new: suspends.append(new["metadata"]["name"])
+                   if new and new.get("spec", {}).get("suspend") else None)  # fmt: skip
+    reporter = env.reporter()
+    reporter.start()
+    dog = env.watchdog(reporter, targets, settle_timeout=0.2)
+    try:
+        with dog:
+            wait_for(lambda: env.reason_is("q", "Normal"), what="q seen")
+            env.host.set(Level.CRITICAL)
+            wait_for(lambda: env.reason_is("q", "Evicted"), timeout=10, what="q Evicted")
+            env.host.set(Level.NORMAL)
+            wait_for(lambda: env.reason_is("q", "Normal"), timeout=10, what="q Normal")
+            _ticks(dog, 10)
+            assert reporter.flush(5)
+            evictions = dog.state.evictions
+    finally:
+        reporter.stop()
+    assert [(e.key, e.result) for e in evictions] == [("llm/q", "terminated")]
+    assert evictions[0].message.startswith(
+        "not suspended (admission-managed: kueue.x-k8s.io/queue-name=team-a"
+    ), evictions[0].message
+    assert kid_q.signals() == [signal.SIGTERM], "the signal path stopped it"
+    assert suspends == [], "spec.suspend was never set"
+    assert not [r for r in env.fake.requests if r.method == "PATCH" and "spec" in (r.body or {})]

@@ -71,6 +71,8 @@ class KubeOptions:
     ``suspend_grace``: how long the suspend path waits for the owner to stop the process
     (``None``: the target's ``stop.grace``). ``request_timeout`` bounds every API call;
     ``backoff_initial``/``backoff_max`` pace retries while the API is unreachable.
+    ``admission_labels``: an object with any of these labels (or annotations) has its
+    ``spec.suspend`` owned by an admission controller (Kueue) and is never suspended.
     """
 
     kubeconfig: str | None = None
@@ -85,6 +87,7 @@ class KubeOptions:
     request_timeout: float = 5.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    admission_labels: tuple[str, ...] = ADMISSION_LABELS
 
     def __post_init__(self) -> None:
         Resource.parse(self.resource)
@@ -107,6 +110,12 @@ class KubeOptions:
             _positive(self.suspend_grace) or self.suspend_grace == 0
         ):
             raise ValueError(f"suspend_grace: must be >= 0 seconds, got {self.suspend_grace!r}")
+        if not isinstance(self.admission_labels, tuple) or not all(
+            isinstance(k, str) and k for k in self.admission_labels
+        ):
+            raise ValueError(
+                f"admission_labels: must be a tuple of label keys, got {self.admission_labels!r}"
+            )
         for name in ("kubeconfig", "context", "namespace"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):

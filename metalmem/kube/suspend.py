@@ -34,7 +34,7 @@ from .events import EventItem, EventReason
 from .objects import SUSPEND_ANNOTATION, ObjectInfo, ObjectStore, SpecFields
 from .options import KubeOptions
 
-__all__ = ["SUSPEND_ANNOTATION", "Suspender", "fits_headroom"]
+__all__ = ["SUSPEND_ANNOTATION", "Suspender", "admission_managed", "fits_headroom"]
 
 log = logging.getLogger("metalmem.kube")
 
@@ -52,6 +52,15 @@ def fits_headroom(footprint: int | None, system: SystemMemory | None, warning: f
     if footprint is None:
         return True
     return footprint <= system.available - threshold_bytes(warning, system.total)
+
+
+def admission_managed(info: ObjectInfo, labels: tuple[str, ...]) -> str | None:
+    """Why ``info``'s object is an admission controller's to suspend (a label, or an
+    annotation of the same name, in ``labels``), or None."""
+    for key in labels:
+        if key in info.labels:
+            return f"admission-managed: {key}={info.labels[key]} (spec.suspend is Kueue's lever)"
+    return None
 
 
 def _suspend_patch(resource_version: str | None, annotation: str | None) -> dict[str, Any]:
@@ -147,6 +156,9 @@ class Suspender:
             except CallFailed as exc:
                 self._failures.count(WriteKind.SUSPEND, exc, ref)
                 return self.signal_path(target, sampler, gate, exc.message)
+            managed = admission_managed(info, self._options.admission_labels)
+            if managed is not None:  # Kueue owns spec.suspend: never fight it
+                return self.signal_path(target, sampler, gate, managed)
             refusal = gate(target) if gate is not None else _own_check(target, info)
             if refusal is not None:
                 return StopRecord(
