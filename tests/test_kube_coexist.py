@@ -11,8 +11,8 @@ object is changed by us.
 from __future__ import annotations
 
 import logging
-import signal
 import pathlib
+import signal
 from typing import Any
 
 import pytest
