@@ -11,7 +11,7 @@ pattern). The only accumulators here are the few that cannot be rebuilt from a s
 
 Names follow node_exporter: ``metalmem_`` prefix, base units (bytes, seconds), counters end in
 ``_total``. Labels never carry pids: a per-target series is labelled by the target's key
-(``namespace/name``) split in two, with the ``#pid`` suffix that discovery adds to duplicate
+(``namespace/name``) split in two (``target``, ``target_namespace``), with the ``#pid`` suffix that discovery adds to duplicate
 names removed; targets that then share labels are summed. Every family is always exposed (HELP
 and TYPE); a value the platform cannot provide (``None``) is a family without that sample,
 never a 0.
@@ -204,7 +204,7 @@ class _Family:
 
 _TEMPLATES: dict[str, Metric] = {}
 
-_TARGET = ("target", "namespace")
+_TARGET = ("target", "target_namespace")  # not "namespace": a scrape label in a cluster
 
 # SystemMemory field -> family; each is omitted while the field is None.
 _SYSTEM_GAUGES: tuple[tuple[str, _Family], ...] = (
@@ -415,7 +415,7 @@ _PID_SUFFIX = re.compile(r"#\d+$")
 
 @functools.lru_cache(maxsize=4096)  # keys repeat scrape after scrape; bounded for churn
 def target_labels(key: str) -> tuple[str, str]:
-    """``(target, namespace)`` labels of a target key: ``ns/name`` -> ``("name", "ns")``,
+    """``(target, target_namespace)`` labels of a target key: ``ns/name`` -> ``("name", "ns")``,
     ``name`` -> ``("name", "")``; discovery's ``#pid`` suffix is dropped (no pids in labels)."""
     key = _PID_SUFFIX.sub("", key)
     namespace, _, name = key.rpartition("/")
