@@ -11,10 +11,10 @@ pattern). The only accumulators here are the few that cannot be rebuilt from a s
 
 Names follow node_exporter: ``metalmem_`` prefix, base units (bytes, seconds), counters end in
 ``_total``. Labels never carry pids: a per-target series is labelled by the target's key
-(``namespace/name``) split in two (``target``, ``target_namespace``), with the ``#pid`` suffix that discovery adds to duplicate
-names removed; targets that then share labels are summed. Every family is always exposed (HELP
-and TYPE); a value the platform cannot provide (``None``) is a family without that sample,
-never a 0.
+(``namespace/name``) split in two (``target``, ``target_namespace``), with the ``#pid`` suffix
+that discovery adds to duplicate names removed; targets that then share labels are summed.
+Every family is always exposed (HELP and TYPE); a value the platform cannot provide
+(``None``) is a family without that sample, never a 0.
 """
 
 from __future__ import annotations
