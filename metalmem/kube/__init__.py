@@ -13,7 +13,9 @@ One module per job, the reporter only composing them:
 - :mod:`.objects`: what is known of each object, and the metadata the safety gate trusts;
 - :mod:`.condition`: the ``MemoryPressure`` condition;
 - :mod:`.events`: events and their series;
+- :mod:`.memory`: per-model memory on the object (the ``metalmem.io/memory`` annotation);
 - :mod:`.suspend`: suspend (the watchdog thread's eviction path) and resume;
+- :mod:`.worker`: the one thread that makes the reporting path's API calls, and its backoff;
 - :mod:`.reporter`: :class:`KubeReporter`.
 
 Never in the way: every API call of the reporting path runs on one worker thread behind a

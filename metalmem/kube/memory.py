@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..sampler import ProcessMemory
 from ..targets import KubeRef
@@ -36,7 +36,16 @@ from .api import Api, CallFailed, Failures, WriteKind, WriteResult
 from .condition import human, rfc3339
 from .objects import MEMORY_ANNOTATION, ObjectStore
 
-__all__ = ["MEMORY_ANNOTATION", "AnnotationPolicy", "MemoryAnnotations", "MemoryNote"]
+if TYPE_CHECKING:
+    from ..watchdog import State
+
+__all__ = [
+    "MEMORY_ANNOTATION",
+    "AnnotationPolicy",
+    "MemoryAnnotations",
+    "MemoryNote",
+    "notes_of",
+]
 
 log = logging.getLogger("metalmem.kube")
 
@@ -106,6 +115,22 @@ class MemoryNote:
             f"{human(self.rss)}, wired {human(self.wired)}, swap {human(self.swap)} "
             f"(sampled {rfc3339(self.time_unix)})"
         )
+
+
+def notes_of(
+    state: State, ref_of: Callable[[Any], KubeRef | None], wall: Callable[[], float]
+) -> dict[KubeRef, MemoryNote]:
+    """One note per object from a watchdog sample: its targets' processes, summed."""
+    per_ref: dict[KubeRef, list[ProcessMemory]] = {}
+    for t in state.targets:
+        ref = ref_of(t)
+        rec = state.processes.get(t.key) if ref is not None else None
+        if ref is not None and isinstance(rec, ProcessMemory):
+            per_ref.setdefault(ref, []).append(rec)
+    if not per_ref:
+        return {}
+    now = wall()
+    return {ref: MemoryNote.of(recs, now) for ref, recs in per_ref.items()}
 
 
 class MemoryAnnotations:

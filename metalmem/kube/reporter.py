@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,16 +20,17 @@ from ..gate import KubeFacts, Refusal
 from ..level import Level
 from ..pressure import Assessment, PressurePolicy
 from ..process import StopRecord, StopResult, stop
-from ..sampler import ProcessMemory, Sampler, SystemMemory
+from ..sampler import Sampler, SystemMemory
 from ..targets import KubeRef, Metadata, Target
 from ..watchdog import EvictionRecord, Listeners, SkipRecord, State
-from .api import Api, CallFailed, Failures, KubeStats, NoStats
+from .api import Api, Failures, KubeStats, NoStats
 from .condition import ConditionSync, describe, human
 from .events import EventItem, EventReason, EventSink
-from .memory import MemoryAnnotations, MemoryNote
+from .memory import MemoryAnnotations, notes_of
 from .objects import MetadataCache, ObjectStore
 from .options import KubeOptions, Resource
 from .suspend import Suspender
+from .worker import Worker
 
 __all__ = ["KubeReporter"]
 
@@ -91,23 +91,14 @@ class KubeReporter:
         self._level: Level | None = None
         self._system: SystemMemory | None = None
         self._assessment: Assessment | None = None
-        # worker-only state
-        self._failures_in_row = 0
-        self._outage_since: float | None = None
-        self._retry_at = 0.0
-        self._next_refresh = 0.0
-        self._refresh_wanted = True
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._idle = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(self._step, options, clock)
         self._api: Api | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         """Load the configuration (in-cluster first unless a kubeconfig or context is given,
         then the kubeconfig) and start the worker. Raises :class:`KubeConfigError`."""
-        if self._thread is not None:
+        if self._worker.started:
             raise RuntimeError("KubeReporter already started")
         self._api = Api(self.options, self.resource)
         log.info(
@@ -115,26 +106,18 @@ class KubeReporter:
             self._api.source, self._api.host, self.resource,
             self.options.namespace or "*", self.options.node_name,
         )  # fmt: skip
-        self._thread = threading.Thread(target=self._run, name="metalmem-kube", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop the worker; returns within ``timeout`` (a call in flight is abandoned)."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._api is not None and (self._thread is None or not self._thread.is_alive()):
+        self._worker.stop(timeout)
+        if self._api is not None and not self._worker.alive:
             self._api.close()
 
     def flush(self, timeout: float) -> bool:
         """Wait until nothing is left to write (for a clean shutdown); False on timeout or
         when the worker is not running."""
-        if self._thread is None or not self._thread.is_alive():
-            return False
-        self._idle.clear()
-        self._wake.set()
-        return self._idle.wait(timeout)
+        return self._worker.flush(timeout)
 
     def attach(self, listeners: Listeners) -> None:
         """Register the reporter's callbacks (they only record; the worker does the I/O)."""
@@ -156,7 +139,7 @@ class KubeReporter:
     @property
     def is_reachable(self) -> bool:
         """False while the API is failing (the worker is backing off)."""
-        return self._failures_in_row == 0
+        return self._worker.failures_in_row == 0
 
     # --- scope ---------------------------------------------------------------------------------
     def _ref_of(self, target: Any) -> KubeRef | None:
@@ -181,8 +164,8 @@ class KubeReporter:
                     self._refs[ref] = None
                     new = True
         if new:
-            self._refresh_wanted = True
-            self._wake.set()
+            self._worker.refresh_wanted = True
+            self._worker.wake.set()
 
     def _ref_for_key(self, key: str) -> KubeRef | None:
         ref = self._key_refs.get(key)
@@ -251,21 +234,12 @@ class KubeReporter:
             for ref in fresh:
                 self._condition.want(ref, level, message)
         if fresh or self._suspender.resume_pending:
-            self._wake.set()
+            self._worker.wake.set()
 
     def _note_memory(self, state: State) -> None:
-        """Each object's processes' memory from this sample (the annotation and the condition
-        message carry it)."""
-        per_ref: dict[KubeRef, list[ProcessMemory]] = {}
-        for t in state.targets:
-            ref = self._ref_of(t)
-            rec = state.processes.get(t.key) if ref is not None else None
-            if ref is not None and isinstance(rec, ProcessMemory):
-                per_ref.setdefault(ref, []).append(rec)
-        if per_ref:
-            now = self._wall()
-            for ref, recs in per_ref.items():
-                self._memory.note(ref, MemoryNote.of(recs, now))
+        """Each object's processes' memory from this sample (annotation, condition message)."""
+        for ref, note in notes_of(state, self._ref_of, self._wall).items():
+            self._memory.note(ref, note)
 
     def _recreated(self, ref: KubeRef) -> None:
         self._condition.forget(ref)
@@ -348,7 +322,7 @@ class KubeReporter:
 
     def _post(self, item: EventItem) -> None:
         self._events.post(item)
-        self._wake.set()
+        self._worker.wake.set()
 
     # --- the suspend path (watchdog thread) -------------------------------------------------------
     def stopper(self, target: Target, sampler: Sampler) -> StopRecord:
@@ -371,54 +345,11 @@ class KubeReporter:
         return self._suspender.stop(target, sampler, ref, api, self.gate)
 
     # --- worker ----------------------------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            now = self._clock()
-            if now < self._retry_at:
-                self._wake.wait(self._retry_at - now)
-                self._wake.clear()
-                continue
-            self._wake.clear()
-            try:
-                did = self._step()
-            except CallFailed as exc:
-                self._backoff(exc)
-                continue
-            except Exception:  # a bug must not end reporting silently
-                log.exception("event=kube_worker_error")
-                self._retry_at = self._clock() + self.options.backoff_max
-                continue
-            if self._failures_in_row:
-                log.info("event=kube_recovered down_for=%.1fs",
-                         self._clock() - (self._outage_since or self._clock()))  # fmt: skip
-                self._failures_in_row = 0
-                self._outage_since = None
-                self._refresh_wanted = True  # the objects may have changed meanwhile
-                continue
-            if not did:
-                self._idle.set()
-                self._wake.wait(max(0.0, self._next_refresh - self._clock()))
-
-    def _backoff(self, exc: CallFailed) -> None:
-        self._failures_in_row += 1
-        doublings = min(self._failures_in_row - 1, 32)  # an outage of days must not overflow
-        delay = min(self.options.backoff_max, self.options.backoff_initial * 2.0**doublings)
-        delay *= random.uniform(0.5, 1.0)  # spread the agents of many nodes
-        self._retry_at = self._clock() + delay
-        if self._failures_in_row == 1:
-            self._outage_since = self._clock()
-            log.warning("event=kube_unreachable error=%r retry_in=%.2fs", exc.message, delay)
-        else:
-            log.debug("event=kube_retry failures=%d error=%r retry_in=%.2fs",
-                      self._failures_in_row, exc.message, delay)  # fmt: skip
-
     def _step(self) -> bool:
         """One unit of work; True if there was any. Transient failures raise CallFailed."""
         api = self._api
         assert api is not None
-        if self._refresh_wanted or self._clock() >= self._next_refresh:
-            self._refresh_wanted = False
-            self._next_refresh = self._clock() + self.options.refresh
+        if self._worker.refresh_due():
             with self._lock:
                 refs = list(self._refs)
             read = self._store.refresh(api, self._failures, refs)
