@@ -23,7 +23,7 @@ from metalmem.level import Level
 
 from . import test_kube
 from .helpers import wait_for
-from .kubefake import FakeKube, LLMKube
+from .kubefake import APPLY_PATCH, FakeKube, LLMKube
 from .test_kube import NS, Env, _ticks, linux_only
 
 env = test_kube.env  # the fixture: a /proc tree, the API double, a kubeconfig
@@ -89,6 +89,7 @@ def test_our_condition_comes_back_after_each_llmkube_writer(
             for what, write in writers:
                 assert reporter.flush(5)
                 applied = len(env.written("m"))
+                seen = len(env.fake.requests)
                 before = write()  # the object as the writer left it
                 entry = next((c for c in before["status"]["conditions"]
                               if c["type"] == CONDITION_TYPE), None)  # fmt: skip
@@ -100,6 +101,13 @@ def test_our_condition_comes_back_after_each_llmkube_writer(
                 assert _others(after) == _others(before), f"{what}: we changed something else"
                 assert reporter.flush(5)
                 assert len(env.written("m")) == applied + 1, f"{what}: exactly one re-apply"
+                after_write = env.fake.requests[seen:]
+                heal = next(i for i, r in enumerate(after_write)
+                            if r.content_type == APPLY_PATCH and r.status == 200)  # fmt: skip
+                reads = [r for r in after_write[:heal] if r.verb == "list"]
+                # the first refresh that read it restores it (a list already in flight at the
+                # write may have read the object before it)
+                assert 1 <= len(reads) <= 2, f"{what}: restored by the first refresh after it"
             _ticks(dog, 10)
             assert reporter.flush(5)
             restored = env.stats.snapshot()["kube_restored"]
