@@ -33,10 +33,11 @@ pytest: $(STAMP)
 
 test: test-tools check-darwin lint typecheck pytest test-darwin-shim
 
-# Debian's promtool (package prometheus), systemd-analyze (systemd) and wrk: the deploy tests
+# Debian's promtool (package prometheus), systemd-analyze (systemd), kubectl
+# (kubernetes-client) and wrk: the deploy tests
 # run them. Installed here when missing and we are root with apt-get (CI: a clean clone as
 # root); elsewhere their tests skip, each with one line naming the tool.
-TEST_TOOLS := promtool:prometheus systemd-analyze:systemd
+TEST_TOOLS := promtool:prometheus systemd-analyze:systemd kubectl:kubernetes-client
 test-tools:
 	@missing=""; for pair in $(TEST_TOOLS); do \
 		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \

@@ -38,6 +38,9 @@ from typing import Any, NamedTuple, cast
 import click
 
 import metalmem
+from metalmem.kube.api import FIELD_MANAGER
+from metalmem.kube.objects import condition_owners
+from metalmem.kube.options import DEFAULT_RESOURCE, Resource
 from metalmem.level import Level
 from metalmem.pressure import Classifier, PressurePolicy
 from metalmem.sampler import GpuMemory, ProcessMemory, Sampler, SystemMemory
@@ -155,6 +158,9 @@ class KubeProbe:
     server: str | None
     version: str | None
     error: str | None = None
+    objects: int | None = None  # objects of the resource listed (None: not listed)
+    condition_writers: tuple[str, ...] = ()  # other field managers of MemoryPressure
+    list_error: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -751,11 +757,20 @@ def check_kube(facts: HostFacts) -> Result:
     if k is None:
         return Verdict.OK, "not requested", None
     if k.error is None:
-        return (
-            Verdict.OK,
-            f"Kubernetes {k.version} at {k.server} answered GET /version (config: {k.source})",
-            None,
-        )
+        found = f"Kubernetes {k.version} at {k.server} answered GET /version (config: {k.source})"
+        if k.condition_writers:
+            return (
+                Verdict.WARN,
+                f"{found}; another field manager writes the MemoryPressure condition metalmem "
+                f"writes: {', '.join(k.condition_writers)}",
+                "turn off LLMKube's own memory watchdog on the metal agent "
+                "(--memory-watchdog-interval=0); docs/kubernetes.md, other writers",
+            )
+        if k.objects is not None:
+            found += f"; no other writer of MemoryPressure on {k.objects} object(s)"
+        elif k.list_error is not None:
+            found += f"; objects not listed ({k.list_error})"
+        return Verdict.OK, found, None
     if k.source is None and "not installed" in k.error:
         fix = "pip install 'metalmem[kube]'"
     elif k.server is None:
@@ -896,6 +911,8 @@ class DoctorOptions:
     kube: bool = False
     kubeconfig: str | None = None
     kube_context: str | None = None
+    kube_resource: str = DEFAULT_RESOURCE
+    kube_namespace: str | None = None
 
 
 def read_sysctl(name: str) -> str | None:
@@ -1119,9 +1136,16 @@ def _holder(host: str, port: int) -> str | None:
     return f"metalmem agent {match.group(1)}" if match else None
 
 
-def probe_kube(kubeconfig: str | None, context: str | None) -> KubeProbe:
+def probe_kube(
+    kubeconfig: str | None,
+    context: str | None,
+    resource: str = DEFAULT_RESOURCE,
+    namespace: str | None = None,
+) -> KubeProbe:
     """Load the Kubernetes config (in-cluster first unless a kubeconfig or context is named,
-    never the loader that prints to stdout) and GET /version with a 3 s timeout, no retries.
+    never the loader that prints to stdout) and GET /version with a 3 s timeout, no retries;
+    then list the objects of ``resource`` (in ``namespace``, else every namespace) and name the
+    field managers other than metalmem that write the ``MemoryPressure`` condition.
 
     The ``kubernetes`` package is imported only here (STYLE rule 1: heavy imports are lazy).
     """
@@ -1158,7 +1182,24 @@ def probe_kube(kubeconfig: str | None, context: str | None) -> KubeProbe:
     except Exception as exc:  # urllib3 errors, ApiException: all mean "not reachable"
         reason = kube_error_text(exc)
         return KubeProbe(source, cfg.host, None, f"GET {cfg.host}/version: {reason}")
-    return KubeProbe(source, cfg.host, getattr(info, "git_version", None))
+    version = getattr(info, "git_version", None)
+    r = Resource.parse(resource)
+    try:
+        with client.ApiClient(cfg) as api:
+            custom = client.CustomObjectsApi(api)
+            where: dict[str, Any] = {"group": r.group, "version": r.version, "plural": r.plural,
+                     "_request_timeout": KUBE_TIMEOUT}  # fmt: skip
+            doc: Any = (
+                custom.list_namespaced_custom_object(namespace=namespace, **where)
+                if namespace
+                else custom.list_cluster_custom_object(**where)
+            )
+    except Exception as exc:  # 403, 404 (no such resource), unreachable: not a verdict
+        return KubeProbe(source, cfg.host, version, list_error=f"list {r}: {kube_error_text(exc)}")
+    items = [o for o in (doc or {}).get("items") or () if isinstance(o, dict)]
+    writers = set().union(*(condition_owners(o) for o in items)) - {FIELD_MANAGER}
+    return KubeProbe(source, cfg.host, version, objects=len(items),
+                     condition_writers=tuple(sorted(writers)))  # fmt: skip
 
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>:?\s*")
@@ -1241,7 +1282,11 @@ def gather_facts(
         if argv:
             models.extend(_models(platform, t.key, t.pid, argv, seen))
     port = probe_port(*options.listen)
-    kube = probe_kube(options.kubeconfig, options.kube_context) if options.kube else None
+    kube = None
+    if options.kube:
+        kube = probe_kube(
+            options.kubeconfig, options.kube_context, options.kube_resource, options.kube_namespace
+        )
     return HostFacts(
         platform=platform,
         scope=options.scope,
@@ -1301,6 +1346,10 @@ def _options(
             raise click.BadParameter(str(exc), param_hint="'--discover'") from None
     scope = scope or str(agent.get("scope", "host"))
     assert listen is not None
+    try:
+        Resource.parse(str(kube_file.get("resource") or DEFAULT_RESOURCE))
+    except ValueError as exc:
+        raise click.BadParameter(f"{config_path}: kube.{exc}", param_hint="'--config'") from None
     return DoctorOptions(
         scope=scope,
         listen=listen,
@@ -1309,6 +1358,8 @@ def _options(
         kube=kube or kube_file.get("enabled") is True,
         kubeconfig=kubeconfig or kube_file.get("kubeconfig"),
         kube_context=kube_context or kube_file.get("context"),
+        kube_resource=str(kube_file.get("resource") or DEFAULT_RESOURCE),
+        kube_namespace=kube_file.get("namespace"),
     )
 
 

@@ -37,7 +37,8 @@ evict-one loops), at least one target, and never more than leaves ``floor`` live
 
 Ranking (kubelet ``rankMemoryPressure``): :data:`RANKING` is a table of questions, each one
 comparator, chained as by :func:`ordered_by`: eligible rows first, lower priority first, over
-its declared budget first, larger footprint first, then key and pid, so that the order is total
+its declared budget first, larger footprint first, the newest process first, then key and pid,
+so that the order is total
 and does not depend on input order.
 
 Processes are keyed by :attr:`Target.key`; a sample must also name the target's process
@@ -279,6 +280,14 @@ def by_footprint(c: Candidate) -> tuple[bool, int]:
     return (True, 0) if footprint is None else (False, -footprint)
 
 
+def by_start(c: Candidate) -> float:
+    """Tie-break: the newest process first (the latest start time). Among otherwise equal
+    rows the newest most likely caused the pressure, and stopping it is what a fail-closed
+    pre-flight admission would have done; the older ones keep their warm caches and clients.
+    (LLMKube's own watchdog evicts the oldest; docs/configuration.md says why we differ.)"""
+    return -c.target.start_time
+
+
 def by_key(c: Candidate) -> str:
     """Tie-break: key, in code-point order."""
     return c.target.key
@@ -294,6 +303,7 @@ RANKING: tuple[tuple[str, RankKey], ...] = (
     ("priority", by_priority),
     ("over_budget", by_over_budget),
     ("footprint", by_footprint),
+    ("started", by_start),
     ("key", by_key),
     ("pid", by_pid),
 )
@@ -354,6 +364,7 @@ def _row_key(
         t.priority.rank,
         not over,
         (True, 0) if footprint is None else (False, -footprint),
+        -t.start_time,
         t.key,
         (t.pid, t.start_time),
     )

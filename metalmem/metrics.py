@@ -11,10 +11,10 @@ pattern). The only accumulators here are the few that cannot be rebuilt from a s
 
 Names follow node_exporter: ``metalmem_`` prefix, base units (bytes, seconds), counters end in
 ``_total``. Labels never carry pids: a per-target series is labelled by the target's key
-(``namespace/name``) split in two, with the ``#pid`` suffix that discovery adds to duplicate
-names removed; targets that then share labels are summed. Every family is always exposed (HELP
-and TYPE); a value the platform cannot provide (``None``) is a family without that sample,
-never a 0.
+(``namespace/name``) split in two (``target``, ``target_namespace``), with the ``#pid`` suffix
+that discovery adds to duplicate names removed; targets that then share labels are summed.
+Every family is always exposed (HELP and TYPE); a value the platform cannot provide
+(``None``) is a family without that sample, never a 0.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ class AgentStats:
         self._reloads: collections.Counter[str] = collections.Counter()
         self._kube_writes: collections.Counter[tuple[str, str]] = collections.Counter()
         self._kube_dropped = 0
+        self._kube_restored: collections.Counter[str] = collections.Counter()
+        self._kube_writers: set[str] = set()
         self._last_reload_ok = True
 
     def config_reload(self, result: str) -> None:
@@ -86,14 +88,28 @@ class AgentStats:
         with self._lock:
             self._kube_dropped += n
 
+    def kube_condition_restored(self, cause: str) -> None:
+        """Count one re-apply of our condition after another writer removed or changed it:
+        ``cause`` removed|stale|changed."""
+        with self._lock:
+            self._kube_restored[cause] += 1
+
+    def kube_condition_other_writer(self, manager: str) -> None:
+        """Remember a field manager other than metalmem that writes our condition type."""
+        with self._lock:
+            self._kube_writers.add(manager)
+
     def snapshot(self) -> dict[str, object]:
         """A consistent copy: ``reloads`` {result: n}, ``kube_writes`` {(kind, result): n},
-        ``kube_dropped`` n, ``last_reload_ok`` bool."""
+        ``kube_dropped`` n, ``kube_restored`` {cause: n}, ``kube_writers`` sorted managers,
+        ``last_reload_ok`` bool."""
         with self._lock:
             return {
                 "reloads": dict(self._reloads),
                 "kube_writes": dict(self._kube_writes),
                 "kube_dropped": self._kube_dropped,
+                "kube_restored": dict(self._kube_restored),
+                "kube_writers": sorted(self._kube_writers),
                 "last_reload_ok": self._last_reload_ok,
             }
 
@@ -188,7 +204,7 @@ class _Family:
 
 _TEMPLATES: dict[str, Metric] = {}
 
-_TARGET = ("target", "namespace")
+_TARGET = ("target", "target_namespace")  # not "namespace": a scrape label in a cluster
 
 # SystemMemory field -> family; each is omitted while the field is None.
 _SYSTEM_GAUGES: tuple[tuple[str, _Family], ...] = (
@@ -339,6 +355,17 @@ _KUBE_DROPPED = _Family(
     "metalmem_kube_dropped_total", "counter",
     "Kubernetes writes dropped because the reporter's queue was full.",
 )  # fmt: skip
+_KUBE_RESTORED = _Family(
+    "metalmem_kube_condition_restored_total", "counter",
+    "Re-applies of metalmem's MemoryPressure condition after another writer removed it "
+    "(removed), wrote back an older one of ours (stale) or wrote its own (changed); at most "
+    "one per object per refresh.", ("cause",),
+)  # fmt: skip
+_KUBE_WRITERS = _Family(
+    "metalmem_kube_condition_other_writer", "gauge",
+    "1 for each field manager other than metalmem seen writing the MemoryPressure condition "
+    "(e.g. LLMKube's metal agent with its memory watchdog on).", ("manager",),
+)  # fmt: skip
 _BUILD = _Family(
     "metalmem_build_info", "gauge", "Always 1; the labels name the agent's version and platform.",
     ("version", "platform"),
@@ -369,6 +396,8 @@ _FAMILIES: tuple[_Family, ...] = (
     _LAST_RELOAD,
     _KUBE_WRITES,
     _KUBE_DROPPED,
+    _KUBE_RESTORED,
+    _KUBE_WRITERS,
     _BUILD,
 )
 
@@ -386,7 +415,7 @@ _PID_SUFFIX = re.compile(r"#\d+$")
 
 @functools.lru_cache(maxsize=4096)  # keys repeat scrape after scrape; bounded for churn
 def target_labels(key: str) -> tuple[str, str]:
-    """``(target, namespace)`` labels of a target key: ``ns/name`` -> ``("name", "ns")``,
+    """``(target, target_namespace)`` labels of a target key: ``ns/name`` -> ``("name", "ns")``,
     ``name`` -> ``("name", "")``; discovery's ``#pid`` suffix is dropped (no pids in labels)."""
     key = _PID_SUFFIX.sub("", key)
     namespace, _, name = key.rpartition("/")
@@ -553,6 +582,11 @@ class MetalmemCollector:
             for (kind, result), n in sorted({**dict.fromkeys(_KUBE_LABELS, 0), **writes}.items()):
                 _add(out, _KUBE_WRITES, (kind, result), n)
             _add(out, _KUBE_DROPPED, (), cast(int, snap["kube_dropped"]))
+            restored = cast(dict[str, int], snap["kube_restored"])
+            for cause in sorted({"removed", "stale", "changed", *restored}):
+                _add(out, _KUBE_RESTORED, (cause,), restored.get(cause, 0))
+            for manager in cast(list[str], snap["kube_writers"]):
+                _add(out, _KUBE_WRITERS, (manager,), 1)
         _add(out, _BUILD, (self._version, self._platform), 1)
 
 

@@ -478,8 +478,13 @@ class FakeKube:
     """The fake API server; ``with FakeKube() as fake:`` serves on ``fake.url`` until exit."""
 
     def __init__(
-        self, crd_path: Path = CRD_PATH, *, rbac: Rbac | None = None, token: str = "fake-token"
+        self,
+        crd_path: Path = CRD_PATH,
+        *,
+        rbac: Rbac | None = None,
+        token: str | None = "fake-token",
     ) -> None:
+        """``token=None``: no authentication (kubectl sends no bearer token over plain HTTP)."""
         self.crd = Crd.load(crd_path)
         self.rbac = rbac
         self.token = token
@@ -566,7 +571,7 @@ class FakeKube:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": self.token}}],
+            "users": [{"name": "fake", "user": {"token": self.token} if self.token else {}}],
             "contexts": [
                 {
                     "name": "fake",
@@ -644,6 +649,20 @@ class FakeKube:
             namespace, name, "status" if status else None, content_type, body, manager, force
         )
 
+    def update(
+        self,
+        namespace: str,
+        name: str,
+        body: dict[str, Any],
+        *,
+        status: bool = False,
+        manager: str = "manager",
+    ) -> dict[str, Any]:
+        """An Update (PUT; client-go ``Update`` / ``Status().Update``): the whole object (or
+        its whole status) with the ``resourceVersion`` it was read at (409 when stale)."""
+        sub = "status" if status else None
+        return self._put_object(namespace, name, sub, copy.deepcopy(body), manager)
+
     def delete(self, namespace: str, name: str) -> None:
         self._delete_object(namespace, name)
 
@@ -685,8 +704,15 @@ class FakeKube:
         body: Any = None
         try:
             self._wait_if_stalled()
+            if method == "GET" and parsed.path.rstrip("/") in self._discovery():
+                return 200, self._discovery()[parsed.path.rstrip("/")]
+            if method == "GET" and parsed.path.rstrip("/") == "/version":  # open, as the real one
+                return 200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-kubefake",
+                             "gitCommit": "0" * 40, "gitTreeState": "clean",
+                             "buildDate": "2024-08-13T07:28:49Z", "goVersion": "go1.22.5",
+                             "compiler": "gc", "platform": "linux/amd64"}  # fmt: skip
             route = self._route(method, parsed.path, query)
-            if headers.get("authorization") != f"Bearer {self.token}":
+            if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized")
             resource = route["resource"]
             with self._lock:
@@ -709,6 +735,67 @@ class FakeKube:
                         route["group"], route["resource"], route["ns"], route["name"])
             )  # fmt: skip
         return code, result
+
+    # Kinds kubectl may be asked about (apply --dry-run=client maps each document's kind to a
+    # resource through discovery): (group, version, plural, kind, namespaced).
+    DISCOVERED = (
+        ("", "v1", "services", "Service", True),
+        ("", "v1", "serviceaccounts", "ServiceAccount", True),
+        ("", "v1", "secrets", "Secret", True),
+        ("", "v1", "configmaps", "ConfigMap", True),
+        ("", "v1", "namespaces", "Namespace", False),
+        ("apps", "v1", "daemonsets", "DaemonSet", True),
+        ("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+        ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
+        ("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
+        ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
+        ("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", True),
+        ("monitoring.coreos.com", "v1", "prometheusrules", "PrometheusRule", True),
+        (EVENTS_GROUP, EVENTS_VERSION, "events", "Event", True),
+    )
+
+    @functools.cached_property
+    def _discovery_docs(self) -> dict[str, dict[str, Any]]:
+        """Legacy discovery (``/api``, ``/api/v1``, ``/apis``, ``/apis/G/V``) for kubectl: the
+        CRD's resource (with its short names) and :attr:`DISCOVERED`. Only the documents; the
+        fake serves objects of the CRD and Events alone (others are 404: "not there yet")."""
+        crd = self.crd
+        rows = [*self.DISCOVERED, (crd.group, crd.version, crd.plural, crd.kind, True)]
+        verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+        lists: dict[str, list[dict[str, Any]]] = {}
+        for group, version, plural, kind, namespaced in rows:
+            gv = f"{group}/{version}" if group else version
+            entry: dict[str, Any] = {
+                "name": plural,
+                "singularName": kind.lower(),
+                "namespaced": namespaced,
+                "kind": kind,
+                "verbs": verbs,
+            }
+            if plural == crd.plural:
+                entry["shortNames"] = ["isvc"]
+            lists.setdefault(gv, []).append(entry)
+        docs: dict[str, dict[str, Any]] = {
+            "/api": {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [],
+            },
+        }
+        groups = []
+        for gv, resources in lists.items():
+            path = f"/apis/{gv}" if "/" in gv else f"/api/{gv}"
+            docs[path] = {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+                          "resources": resources}  # fmt: skip
+            if "/" in gv:
+                group, version = gv.split("/")
+                ver = {"groupVersion": gv, "version": version}
+                groups.append({"name": group, "versions": [ver], "preferredVersion": ver})
+        docs["/apis"] = {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+        return docs
+
+    def _discovery(self) -> dict[str, dict[str, Any]]:
+        return self._discovery_docs
 
     def _wait_if_stalled(self) -> None:
         with self._stall_cond:
@@ -1238,6 +1325,67 @@ class FakeKube:
         )
         self._events[(ns, name)] = body
         return copy.deepcopy(body)
+
+
+class LLMKube:
+    """LLMKube's writers of an InferenceService's status, as its source does them
+    (reference/llmkube-cluster.md; the manager names are controller-runtime's defaults as we
+    assume them: the binary's name):
+
+    - :meth:`controller`: the main controller's status builder reads the object and
+      ``Status().Update``s the whole status with *its own* view of the conditions;
+    - :meth:`gateway`: the gateway/SLO controllers merge-patch ``status.conditions`` without a
+      resourceVersion, which replaces the whole list;
+    - :meth:`watchdog`: the metal agent's own memory watchdog read-modify-``Status().Update``s
+      a ``MemoryPressure`` condition of its own.
+    """
+
+    CONTROLLER = "manager"
+    GATEWAY = "llmkube-gateway"
+    METAL_AGENT = "llmkube-metal-agent"
+
+    def __init__(self, fake: FakeKube) -> None:
+        self.fake = fake
+
+    @staticmethod
+    def _cond(ctype: str, status: str, reason: str, message: str) -> dict[str, Any]:
+        return {"type": ctype, "status": status, "reason": reason, "message": message,
+                "lastTransitionTime": now_rfc3339()}  # fmt: skip
+
+    def controller(self, ns: str, name: str, *, phase: str = "Ready") -> dict[str, Any]:
+        obj = self.fake.get(ns, name)
+        assert obj is not None
+        status = dict(obj.get("status") or {})
+        status["phase"] = phase
+        status["conditions"] = [self._cond("Available", "True", "Ready", "serving")]
+        body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"],
+                "status": status}  # fmt: skip
+        return self.fake.update(ns, name, body, status=True, manager=self.CONTROLLER)
+
+    def gateway(self, ns: str, name: str) -> dict[str, Any]:
+        conditions = [
+            self._cond("Available", "True", "Ready", "serving"),
+            self._cond("GatewayReady", "True", "Routed", "route programmed"),
+        ]
+        return self.fake.patch(ns, name, {"status": {"conditions": conditions}}, status=True,
+                               manager=self.GATEWAY)  # fmt: skip
+
+    def watchdog(
+        self, ns: str, name: str, *, status: str = "True", reason: str = "MemoryPressureWarning"
+    ) -> dict[str, Any]:
+        obj = self.fake.get(ns, name)
+        assert obj is not None
+        conditions = [
+            c for c in (obj.get("status") or {}).get("conditions") or ()
+            if c.get("type") != "MemoryPressure"
+        ]  # fmt: skip
+        conditions.append(
+            self._cond("MemoryPressure", status, reason, "available memory ratio 0.15 < 0.20")
+        )
+        status_ = dict(obj.get("status") or {}, conditions=conditions)
+        body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"],
+                "status": status_}  # fmt: skip
+        return self.fake.update(ns, name, body, status=True, manager=self.METAL_AGENT)
 
 
 def _invalid_event(name: str, causes: list[dict[str, str]]) -> ApiError:

@@ -41,6 +41,7 @@ from metalmem.eviction import (
     _row_key,
     _sort_key,
     compare_candidates,
+    deciding_comparator,
 )
 
 from . import samples
@@ -518,9 +519,9 @@ EXPECTED_ORDER = (
     row("z", 1, Priority.BATCH, 8 * GiB, budget=GiB),  # over budget beats size
     row("y", 2, Priority.BATCH, 4 * GiB, budget=GiB),
     row("x", 3, Priority.BATCH, 17 * GiB, budget=32 * GiB),  # within budget: like none
-    row("a", 4, Priority.BATCH, 16 * GiB),  # no budget: not over
-    row("a", 5, Priority.BATCH, 16 * GiB),  # same key (a restart): pid decides
-    row("b", 3, Priority.BATCH, 16 * GiB),  # then the key
+    row("a", 5, Priority.BATCH, 16 * GiB),  # no budget: not over; the newest (start 5) first
+    row("a", 4, Priority.BATCH, 16 * GiB),  # same key, started earlier
+    row("b", 3, Priority.BATCH, 16 * GiB),  # the oldest of the equal footprints last
     row("c", 6, Priority.BATCH, 0),
     row("q", 7, Priority.LOW, GiB, budget=0),  # priority beats everything below it
     row("p", 8, Priority.LOW, 64 * GiB),
@@ -544,9 +545,24 @@ def test_ranking_on_every_ordered_pair() -> None:
         assert compare_candidates(a, a) == 0
 
 
+def test_ties_go_to_the_newest_process() -> None:
+    """Issue 16: equal priority and footprint: the latest start time goes first (the newest
+    model most likely caused the pressure; LLMKube evicts the oldest instead, deliberately not
+    copied), whatever the keys and pids say; equal start times fall to key, then pid."""
+    old = dataclasses.replace(row("a-old", 900, Priority.NORMAL, 4 * GiB).target, start_time=10.0)
+    new = dataclasses.replace(row("z-new", 100, Priority.NORMAL, 4 * GiB).target, start_time=99.0)
+    for order in ((old, new), (new, old)):
+        ps = {t.key: proc(t, 4 * GiB) for t in order}
+        ranked = [c.target.key for c in Planner(ENFORCE, PressurePolicy()).rank(order, ps)]
+        assert ranked == ["z-new", "a-old"], ranked
+    a = row("a", 2, Priority.NORMAL, GiB)
+    b = dataclasses.replace(a, target=dataclasses.replace(a.target, key="b", pid=1))
+    assert compare_candidates(a, b) < 0 and deciding_comparator(a, b) == "key"
+
+
 def test_ranking_table_names_each_question_once() -> None:
     names = [name for name, _ in RANKING]
-    assert names == ["state", "priority", "over_budget", "footprint", "key", "pid"]
+    assert names == ["state", "priority", "over_budget", "footprint", "started", "key", "pid"]
 
 
 def test_rank_orders_targets_independently_of_input_order() -> None:

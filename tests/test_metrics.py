@@ -185,9 +185,9 @@ def test_every_family_is_exported_and_agrees_with_the_state(
     proc = state.processes["ns/a"]
     assert isinstance(proc, metalmem.ProcessMemory) and proc.footprint is not None
     assert proc.footprint >= 16 * MiB
-    foot = value(s, "metalmem_process_footprint_bytes", target="a", namespace="ns")
+    foot = value(s, "metalmem_process_footprint_bytes", target="a", target_namespace="ns")
     assert foot == proc.footprint
-    assert value(s, "metalmem_process_rss_bytes", target="a", namespace="ns") == proc.rss
+    assert value(s, "metalmem_process_rss_bytes", target="a", target_namespace="ns") == proc.rss
     # The reaped child's sample is an error: no series at all, rather than a made-up 0.
     assert {x.labels["target"] for x in s["metalmem_process_footprint_bytes"]} == {"a"}
     assert value(s, "metalmem_targets") == 2
@@ -310,7 +310,7 @@ def test_labels_never_carry_pids(sampler: metalmem.Sampler) -> None:
     state = dataclasses.replace(real, processes=processes)
     s = scrape(collector_for(lambda: state))
     foot = {
-        (x.labels["target"], x.labels["namespace"]): x.value
+        (x.labels["target"], x.labels["target_namespace"]): x.value
         for x in s["metalmem_process_footprint_bytes"]
     }
     assert foot == {("llama", ""): 150, ("qwen", "team"): 7}
