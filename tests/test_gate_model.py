@@ -36,7 +36,7 @@ from metalmem.pressure import Classifier, PressurePolicy
 from metalmem.targets import Priority, StopMethod, TargetSpec, TargetTracker
 from metalmem.watchdog import EvictionRecord, Listeners, Watchdog
 
-from .helpers import Child, can_choose_pids, reap, spawn_child, spawn_child_at_pid
+from .helpers import Child, can_choose_pids, reap, spawn_child, spawn_child_at_pid, wait_for
 from .test_watchdog import QUIET
 from .test_watchdog_eviction import _critical_now
 
@@ -140,7 +140,9 @@ class World:
     def _specs(self) -> list[TargetSpec]:
         specs = []
         for r in self.roles:
-            if not r.stranger:
+            # A table is first written for a model that runs (a pid that names a stranger by
+            # then is legitimately that stranger's); once written it stays, exited or not.
+            if not r.stranger and (r.applied or r.state != "reaped"):
                 r.applied = True
                 specs.append(r.spec())
         return specs
@@ -180,6 +182,9 @@ class World:
         r = self._pick(i, "alive")
         if r is not None and r.child.popen.returncode is None:
             r.child.popen.send_signal(signal.SIGKILL)  # never reaped here: a zombie
+            stat = pathlib.Path(f"/proc/{r.child.pid}/stat")
+            wait_for(lambda: stat.read_bytes().rsplit(b")", 1)[1][1:2] == b"Z", timeout=10,
+                     what="the zombie")  # fmt: skip
             r.state = "zombie"
 
     def reuse(self, i: int) -> None:
