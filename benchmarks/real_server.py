@@ -13,14 +13,15 @@ Needs the llama-server that ``make e2e`` builds (tests/e2e/llama_build.py) and P
   (``--ticks``) on the calling thread: wall and thread CPU per tick. Discovery itself
   (``TargetTracker.refresh()``, which the agent runs every 5 s) is timed the same way.
 - **CRITICAL to memory back**: in a memory cgroup, a victim (the 153 MB model read into
-  anonymous memory: ``--no-mmap``, ``-c 8192``) and a keeper (the 17 MB model). Once both
-  serve, the group's limit is set so that only 15 % of it is available (CRITICAL below 25 %)
-  and a watchdog ticking every 50 ms starts. Measured: from the first tick that assessed
-  CRITICAL to the end of the settle phase, when ``available`` rose by half the victim's
-  footprint (the watchdog's own settle rule); the stop's own duration beside it. *Signal*: two
-  standalone servers, the victim stopped by SIGTERM. *Unload*: one router
-  (``--models-dir``, ``--no-mmap`` for every instance) with both models loaded, the victim's
-  model unloaded by ``POST /models/unload`` and verified by its instance's exit.
+  anonymous memory: ``--load-mode none``, ``--no-mmap`` in older builds; ``-c 8192``) and a
+  keeper (the 17 MB model). Once both serve, the group's limit is set so that only 15 % of it
+  is available (CRITICAL below 25 %) and a watchdog ticking every 50 ms starts. Measured:
+  from the first tick that assessed CRITICAL to the end of the settle phase, when
+  ``available`` rose by half the victim's footprint (the watchdog's own settle rule); the
+  stop's own duration beside it. *Signal*: two standalone servers, the victim stopped by
+  SIGTERM. *Unload*: one router (``--models-dir``, ``--load-mode none`` for every instance)
+  with both models loaded, the victim's model unloaded by ``POST /models/unload`` and
+  verified by its instance's exit.
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ def signal_stop(models: dict[str, pathlib.Path], tmp: pathlib.Path) -> dict[str,
             popen=cg.popen,
         )  # fmt: skip
         victim = LlamaServer(
-            ["-m", str(models["big"]), "--alias", "victim", "--no-mmap", *COMMON, "-c", "8192"],
+            ["-m", str(models["big"]), "--alias", "victim", "--load-mode", "none", *COMMON,
+             "-c", "8192"],
             tmp / "v.log", popen=cg.popen,
         )  # fmt: skip
         try:
@@ -203,7 +205,8 @@ def router_unload(models: dict[str, pathlib.Path], tmp: pathlib.Path) -> dict[st
             os.link(models[src], d / f"{name}.gguf")
     with cgroups.memory_cgroup(2 << 30) as cg:
         router = LlamaServer(
-            ["--models-dir", str(d), "--no-models-autoload", "--no-mmap", *COMMON, "-c", "8192"],
+            ["--models-dir", str(d), "--no-models-autoload", "--load-mode", "none", *COMMON,
+             "-c", "8192"],
             tmp / "router.log", popen=cg.popen,
         )  # fmt: skip
         try:

@@ -917,7 +917,7 @@ def real_section(doc: dict[str, Any] | None) -> str:
         )  # fmt: skip
     return (
         out + "\n\nCRITICAL to memory back, in a memory cgroup left 15 % available (CRITICAL below "
-        "25 %): the victim is the 153 MB model read into anonymous memory (`--no-mmap`, "
+        "25 %): the victim is the 153 MB model read into anonymous memory (`--load-mode none`, "
         "`-c 8192`), the keeper the 17 MB one. From the watchdog's first (CRITICAL) tick to the "
         "end of its settle phase, when half the victim's footprint was available again:\n\n"
         + _table(

@@ -24,14 +24,14 @@ def test_doctor_sizes_the_kv_cache_from_the_gguf_header(
 ) -> None:
     model = models["big"]
     server = LlamaServer(
-        ["-m", str(model), "-c", "4096", "-t", "1", "--no-warmup", "-np", "1"],
+        ["-m", str(model), "-c", "2048", "-t", "1", "--no-warmup", "-np", "1", "-lv", "4"],
         tmp_path / "server.log",
     )
     servers.append(server)
     server.wait_healthy()
-    kv, ctx = kv_cache_bytes(read_header(str(model)), 4096) or (None, None)
-    assert ctx == 4096 and kv == 2 * 2 * 4096 * 512 * 2  # K and V, 2 layers, F16
-    # llama.cpp's own figure: "llama_kv_cache: CPU KV buffer size = 16.00 MiB"
+    kv, ctx = kv_cache_bytes(read_header(str(model)), 2048) or (None, None)
+    assert ctx == 2048 and kv == 2 * 2 * 2048 * 512 * 2  # K and V, 2 layers, F16
+    # llama.cpp's own figure (at -lv 4): "llama_kv_cache: CPU KV buffer size = 8.00 MiB"
     sizes = re.findall(r"KV buffer size\s*=\s*([\d.]+) MiB", server.log())
     assert sizes, server.log()[-3000:]
     assert sum(float(x) for x in sizes) * MiB == kv, sizes
@@ -46,4 +46,4 @@ def test_doctor_sizes_the_kv_cache_from_the_gguf_header(
     doc = json.loads(r.stdout)
     (fit,) = [f for f in doc["checks"] if f["check"] == "gpu.model_fit"]
     assert str(model) in fit["finding"], fit
-    assert "16.0 MiB KV cache at 4096 tokens (its GGUF header)" in fit["finding"], fit
+    assert "8.0 MiB KV cache at 2048 tokens (its GGUF header)" in fit["finding"], fit

@@ -1,13 +1,14 @@
 """A real eviction: two llama-servers in a memory cgroup, a real memory hog, the real watchdog.
 
 The cgroup holds a high-priority server (the 17 MB model, mmap'd) and a batch server (the
-153 MB model read into anonymous memory with ``--no-mmap``, plus its KV cache), discovered by
-executable name like any host's. Its limit is then set from what they use (the working set
-W): ``L`` leaves room ``X = L - W`` for a hog that grows by 4 MiB every 100 ms up to ``X``
-plus 48 MiB, so that without an eviction the group runs out (no swap: the memsw limit is
-the same) and the kernel OOM killer fires. With the watchdog the batch server is stopped by
-SIGTERM, drains (its log says so), and the hog fits in what it gave back; a client asks the
-high-priority server for a completion every 50 ms from start to end and never fails.
+153 MB model read into anonymous memory with ``--load-mode none``, ``--no-mmap`` in older
+builds, plus its KV cache), discovered by executable name like any host's. Its limit is then
+set from what they use (the working set W): ``L`` leaves room ``X = L - W`` for a hog that
+grows by 4 MiB every 100 ms up to ``X`` plus 48 MiB, so that without an eviction the group
+runs out (no swap: the memsw limit is the same) and the kernel OOM killer fires (checked by
+hand: it did, after 6 s). With the watchdog the batch server is stopped by SIGTERM, drains
+(its log says so), and the hog fits in what it gave back; a client asks the high-priority
+server for a completion every 50 ms from start to end and never fails.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def scene(tmp_path: Path, models: dict[str, Path]) -> Iterator[Scene]:
             )
             started.append(high)
             batch = LlamaServer(
-                ["-m", str(models["big"]), "--alias", BATCH, "--no-mmap", *common,
+                ["-m", str(models["big"]), "--alias", BATCH, "--load-mode", "none", *common,
                  "-c", "8192"],
                 tmp_path / "batch.log",
                 popen=cg.popen,

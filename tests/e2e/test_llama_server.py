@@ -75,11 +75,15 @@ def test_mmap_mlock_and_no_mmap_models_against_proc(
     sampler: metalmem.Sampler, servers: list[LlamaServer], tmp_path: Path, models: dict[str, Path]
 ) -> None:
     """The same 153 MB model three ways: a file mapping (RSS mostly file pages, footprint
-    small), locked (wired = VmLck), and read into anonymous memory (footprint = the model)."""
+    small), locked (wired = VmLck), and read into anonymous memory (footprint = the model).
+    This llama.cpp names them ``--load-mode mmap``, ``mmap+mlock`` and ``none``; older builds
+    said ``--mlock`` and ``--no-mmap``."""
     size = models["big"].stat().st_size
     mapped = _start(servers, tmp_path, "mmap", "-m", str(models["big"]))
-    locked = _start(servers, tmp_path, "mlock", "-m", str(models["big"]), "--mlock")
-    copied = _start(servers, tmp_path, "nommap", "-m", str(models["big"]), "--no-mmap")
+    locked = _start(
+        servers, tmp_path, "mlock", "-m", str(models["big"]), "--load-mode", "mmap+mlock"
+    )
+    copied = _start(servers, tmp_path, "nommap", "-m", str(models["big"]), "--load-mode", "none")
     for s in (mapped, locked, copied):
         s.complete()  # every weight has been used once
 

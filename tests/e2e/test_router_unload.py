@@ -97,7 +97,9 @@ def test_discovered_router_model_is_unloaded_and_the_router_keeps_serving(
     assert not os.path.exists(f"/proc/{pids['tiny-a']}") or (
         Path(f"/proc/{pids['tiny-a']}/stat").read_text().split(")")[-1].split()[0] == "Z"
     )
-    assert _states(router) == {"tiny-a": "unloaded", "tiny-b": "loaded"}
+    # The router's monitor thread marks the model unloaded once it reaped the instance.
+    want = {"tiny-a": "unloaded", "tiny-b": "loaded"}
+    wait_for(lambda: _states(router) == want, timeout=10, what=f"{want}: {_states(router)}")
     assert router.proc.poll() is None
     status, body = http(
         "POST", router.url + "/completion", {"model": "tiny-b", "prompt": "Hi", "n_predict": 4}
@@ -164,6 +166,7 @@ def test_configured_router_model_is_ranked_and_unloaded_by_the_watchdog(
     with dog:
         wait_for(lambda: records, timeout=30, what="the unload")
     assert [(r.key, r.result) for r in records] == [("bulk", "unloaded")], records
-    assert _states(router) == {"bulk": "unloaded", "chat": "loaded"}
+    want = {"bulk": "unloaded", "chat": "loaded"}
+    wait_for(lambda: _states(router) == want, timeout=10, what=f"{want}: {_states(router)}")
     assert router.proc.poll() is None and pids["chat"] in children_of(router.pid)
     assert "unloaded" in (records[0].message or "")
