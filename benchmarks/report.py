@@ -911,7 +911,8 @@ def real_section(doc: dict[str, Any] | None) -> str:
         fps = [r["footprint"] or 0 for r in runs]
         rows.append(
             [label, ", ".join(sorted({r["result"] for r in runs})), str(len(runs)),
-             ms(statistics.median(stops)), ms(statistics.median(back)), ms(max(back)),
+             ms(1000 * statistics.median(stops)), ms(1000 * statistics.median(back)),
+             ms(1000 * max(back)),
              f"{statistics.median(fps) / 2**20:.0f} MiB",
              str(sum(r.get("oom_kills", 0) for r in runs))]
         )  # fmt: skip
