@@ -53,6 +53,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import Error
+
 if TYPE_CHECKING:
     from .process import StopRecord, StopResult, _Handle
     from .sampler import Sampler
@@ -241,7 +243,7 @@ def _call(action: UnloadAction, timeout: float) -> tuple[bool, str]:
 def _footprint(sampler: Sampler, pid: int) -> int | None:
     try:
         return sampler.process(pid).footprint
-    except Exception:
+    except (Error, OSError):  # gone or unreadable: no number
         return None
 
 
