@@ -337,3 +337,69 @@ def test_footprint_verification_of_a_server_that_unloads_in_process(
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- router discovery on a stand-in process tree ------------------------------------------
+
+# A "router" run through a path named llama-server: it starts two "instances" through the same
+# path, with the arguments llama-server's router gives its children (--alias, --model), then
+# waits; its children die with it (a pipe they read from closes).
+FAKE_ROUTER = r"""
+import subprocess, sys, time
+exe = sys.executable  # the path named llama-server
+kids = [
+    subprocess.Popen([exe, "-c", "import sys; sys.stdin.read()", "--alias", name,
+                      "--model", f"/models/{name}.gguf", "--host", "127.0.0.1", "--port", "1"],
+                     stdin=subprocess.PIPE)
+    for name in ("alpha", "beta")
+]
+print(" ".join(str(k.pid) for k in kids), flush=True)
+time.sleep(120)
+"""
+
+
+def test_discovery_turns_a_routers_instances_into_unload_targets(
+    sampler: metalmem.Sampler, tmp_path: Path
+) -> None:
+    from metalmem.targets import discover
+
+    link = tmp_path / "bin" / "llama-server"
+    link.parent.mkdir()
+    link.symlink_to(os.path.realpath(sys.executable))
+    port = 40000 + os.getpid() % 20000  # only a name here: nothing listens
+    router = subprocess.Popen(
+        [str(link), "-c", FAKE_ROUTER, "--models-dir", "/models", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        executable=str(link),
+    )
+    try:
+        assert router.stdout is not None
+        kids = [int(p) for p in router.stdout.readline().split()]
+        asked: list[str] = []
+
+        def fetch(url: str, timeout: float) -> Any:
+            asked.append(url)
+            return {
+                "data": [
+                    {"id": "alpha", "path": "/models/alpha.gguf", "status": {"value": "loaded"}},
+                    {"id": "beta", "path": "/models/beta.gguf", "status": {"value": "unloaded"}},
+                ]
+            }
+
+        found = {
+            t.pid: t
+            for t in discover(sampler, "llama-server", routers=RouterModels(fetch=fetch))
+            if t.pid in (router.pid, *kids)
+        }
+        url = f"http://127.0.0.1:{port}"
+        assert asked == [url + "/models"]
+        assert router.pid not in found, "the router is not a target"
+        alpha, beta = found[kids[0]], found[kids[1]]
+        assert alpha.key == "alpha" and alpha.stop.unload == UnloadAction(
+            "llama-server", url, "alpha"
+        )
+        # An instance the router does not list as loaded stays a plain, signalled target.
+        assert beta.key == "beta" and beta.stop.unload is None
+    finally:
+        router.kill()
+        router.wait()
