@@ -441,7 +441,9 @@ def _unload(
         return lambda result, message: done(result, note + message)
 
     def signal_path(note: str) -> StopRecord:
-        return _escalate(target, handle, clock, clock(), kill_timeout, steps, noting(note))
+        # The grace counts from the start of the stop, so the whole stop stays within
+        # grace + kill_timeout (the watchdog's busy_until); the request took half at most.
+        return _escalate(target, handle, clock, t0, kill_timeout, steps, noting(note))
 
     def kill(note: str) -> StopRecord:
         noted = noting(note)

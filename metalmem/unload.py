@@ -29,8 +29,9 @@ every other stop.
 
 When the request fails (refused connection, timeout, a status other than 2xx) an ``exit``
 target is stopped by signal instead (it is the model's own process: signalling it stops that
-model only), and a ``footprint`` target is not touched (it is the shared server: a signal would
-stop every model); the record says which. An ``exit`` target still running at the end of the
+model only), within what is left of the grace period (the request takes half of it at most);
+a ``footprint`` target is not touched (it is the shared server: a signal would stop every
+model). The record says which. An ``exit`` target still running at the end of the
 grace period gets SIGKILL, as on the signal path.
 
 :class:`RouterModels` turns the child instances of a llama-server router into such targets at
@@ -272,7 +273,8 @@ def unload(
     grace = target.stop.grace_seconds
     before = _footprint(sampler, target.pid) if action.verify == "footprint" else None
     steps.append("unload")
-    ok, said = _call(action, min(action.timeout, max(grace, 0.5)))
+    # At most half the grace, so a refused request leaves the signal path the other half.
+    ok, said = _call(action, min(action.timeout, max(grace / 2, 0.25)))
     if not ok:
         log.warning("event=unload_failed key=%s pid=%d detail=%r", target.key, target.pid, said)
         if action.verify == "exit":
