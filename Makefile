@@ -80,8 +80,8 @@ bench: $(E2E_STAMP)
 # the repository, keyed by its version (tests/e2e/llama_build.py: ~/.cache/metalmem-e2e, or
 # $$METALMEM_E2E_CACHE); where cmake or a C++ compiler is missing it skips with one line.
 # Cold (fresh clone, empty cache): 28 min on 2 cores under load, almost all of it the build
-# (6 min on an idle one, per the shared reference); cached: 34 s (tests/e2e/README.md). Not part of `make test`,
-# whose time budget holds on a fresh machine; .ci/run runs both.
+# (6 min on an idle machine, per the shared reference); cached: 34 s (tests/e2e/README.md).
+# Not part of `make test`, whose time budget holds on a fresh machine; .ci/run runs both.
 $(E2E_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,kube,e2e]'
 	touch $(E2E_STAMP)
