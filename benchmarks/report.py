@@ -53,6 +53,7 @@ class Run:
     agent: dict[str, Any] | None
     reaction: dict[str, Any] | None
     http: dict[str, Any] | None = None
+    real: dict[str, Any] | None = None
 
     def median(self, test: str, **params: object) -> float | None:
         """Median seconds of ``test_<test>`` with exactly these params (None: not run)."""
@@ -826,6 +827,10 @@ method use the real `vm_stat` and `sysctl hw.memsize`.
 
 {http_section(run.http)}
 
+## Real llama-server
+
+{real_section(run.real)}
+
 ## Every measurement
 
 The LLMKube method (`host4_llmkube_*`) is emulated on Linux: `sysctl -n vm.min_free_kbytes`
@@ -877,6 +882,61 @@ def http_section(doc: dict[str, Any] | None) -> str:
     return out
 
 
+def real_section(doc: dict[str, Any] | None) -> str:
+    """benchmarks/real_server.py's figures: tick cost with 4 real llama-server targets, and
+    CRITICAL to memory back for a signal stop and for a router unload."""
+    if doc is None:
+        return "Pending: `benchmarks/real_server.py` did not run."
+    if "skipped" in doc:
+        return f"Skipped: {doc['skipped']}."
+    t = doc["tick"]
+    out = (
+        f"{t['targets']} llama-server processes (the 17 MB test model), discovered by name; "
+        f"`Watchdog.tick()` {t['ticks']} times on one thread:\n\n"
+        + _table(
+            ["tick wall, median", "tick wall, p99", "tick CPU, mean", "discovery refresh"],
+            [[us(t["tick_wall_median_s"]), us(t["tick_wall_p99_s"]), us(t["tick_cpu_mean_s"]),
+              us(t["refresh_median_s"])]],
+        )
+    )  # fmt: skip
+    if "reclaim_skipped" in doc:
+        return out + f"\n\nCRITICAL to memory back: skipped ({doc['reclaim_skipped']})."
+    rows = []
+    for name, label in (("signal", "SIGTERM to a server"), ("unload", "unload in a router")):
+        runs = doc.get(name) or []
+        if not runs:
+            continue
+        back = [r["critical_to_back_s"] for r in runs]
+        stops = [r["stop_s"] for r in runs]
+        fps = [r["footprint"] or 0 for r in runs]
+        rows.append(
+            [label, ", ".join(sorted({r["result"] for r in runs})), str(len(runs)),
+             ms(1000 * statistics.median(stops)), ms(1000 * statistics.median(back)),
+             ms(1000 * max(back)),
+             f"{statistics.median(fps) / 2**20:.0f} MiB",
+             str(sum(r.get("oom_kills", 0) for r in runs))]
+        )  # fmt: skip
+    return (
+        out + "\n\nCRITICAL to memory back, in a memory cgroup left 15 % available (CRITICAL below "
+        "25 %): the victim is the 153 MB model read into anonymous memory (`--load-mode none`, "
+        "`-c 8192`), the keeper the 17 MB one. From the watchdog's first (CRITICAL) tick to the "
+        "end of its settle phase, when half the victim's footprint was available again:\n\n"
+        + _table(
+            [
+                "stop",
+                "result",
+                "runs",
+                "stop, median",
+                "CRITICAL to back, median",
+                "max",
+                "victim footprint",
+                "OOM kills",
+            ],
+            rows,
+        )
+    )
+
+
 _SCALE_ROW = re.compile(r"^\| (\d+) \| ([\d,.]+) µs \|", re.M)
 _MACHINE_ROW = re.compile(r"^\| (CPU|cores) \| (.+?) \|$", re.M)
 
@@ -907,6 +967,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agent", help="benchmarks/agent_bench.py's JSON")
     ap.add_argument("--reaction", help="benchmarks/reaction.py's JSON")
     ap.add_argument("--http", help="benchmarks/http_load.py's JSON")
+    ap.add_argument("--real", help="benchmarks/real_server.py's JSON")
     ap.add_argument("--write", metavar="DOC", help="write the page here, its plot beside it")
     ap.add_argument(
         "--plot-from-page",
@@ -924,7 +985,7 @@ def main(argv: list[str] | None = None) -> None:
     results = _load(args.results)
     if results is None:
         raise SystemExit(f"no benchmark results at {args.results}: run `make bench` first")
-    run = Run(results, _load(args.agent), _load(args.reaction), _load(args.http))
+    run = Run(results, _load(args.agent), _load(args.reaction), _load(args.http), _load(args.real))
     rows = goals(run)
     print_console(run, rows)
     if args.write:

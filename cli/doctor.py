@@ -49,6 +49,7 @@ from metalmem.targets import TargetTracker, check_pattern, parse_ps_output
 from .agent import DEFAULT_LISTEN, ListenType
 from .common import EXIT_FAILURE, EXIT_OK, human_bytes, unmatched_targets
 from .config import Config, ConfigError, load_config
+from .gguf import GgufError, context_from_argv, kv_cache_bytes, read_header
 
 __all__ = [
     "BOOT_PLIST_LABEL",
@@ -118,12 +119,22 @@ class Finding:
 @dataclasses.dataclass(frozen=True, slots=True)
 class ModelFile:
     """A model file named on a target's command line; ``size`` in bytes, ``None`` if unknown
-    (``error`` says why: missing, unreadable, a relative path with no known cwd)."""
+    (``error`` says why: missing, unreadable, a relative path with no known cwd). For a GGUF
+    file, ``kv_cache`` is the F16 KV cache its header implies at ``context`` tokens (the
+    command line's ``-c``, else the model's trained context; ``cli/gguf.py``), ``None`` where
+    the header does not tell."""
 
     target: str
     path: str
     size: int | None
     error: str | None = None
+    kv_cache: int | None = None
+    context: int | None = None
+
+    @property
+    def need(self) -> int | None:
+        """Bytes it needs resident: the weights plus the KV cache where known."""
+        return None if self.size is None else self.size + (self.kv_cache or 0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -512,10 +523,15 @@ def check_model_fit(facts: HostFacts) -> Result:
             f"cannot size the models: {why}",
             "give the model servers absolute model paths that this user can read",
         )
-    largest = max(sized, key=lambda m: m.size or 0)
-    size = largest.size or 0
-    together = sum(m.size or 0 for m in sized)
-    head = f"largest model {largest.path} ({largest.target}) is {human_bytes(size)}"
+    largest = max(sized, key=lambda m: m.need or 0)
+    size = largest.need or 0
+    together = sum(m.need or 0 for m in sized)
+    head = f"largest model {largest.path} ({largest.target}) is {human_bytes(largest.size or 0)}"
+    if largest.kv_cache is not None:
+        head += (
+            f" plus a {human_bytes(largest.kv_cache)} KV cache at {largest.context} tokens "
+            "(its GGUF header)"
+        )
     need_mb = math.ceil(size / MODEL_HEADROOM / MiB)
     on_mac = facts.platform == "darwin"
     if on_mac:
@@ -1010,9 +1026,17 @@ def _models(
             continue
         seen.add(path)
         try:
-            out.append(ModelFile(key, path, model_size(path)))
+            size = model_size(path)
         except OSError as exc:
             out.append(ModelFile(key, path, None, exc.strerror or str(exc)))
+            continue
+        kv = None
+        if path.lower().endswith(".gguf") and os.path.isfile(path):
+            try:
+                kv = kv_cache_bytes(read_header(path), context_from_argv(argv))
+            except (OSError, GgufError):
+                kv = None  # the size alone still tells something
+        out.append(ModelFile(key, path, size, None, *(kv or (None, None))))
     return out
 
 

@@ -74,15 +74,16 @@ class StopResult(enum.StrEnum):
     ALREADY_GONE = "already_gone"  # exited, or its pid names another process, before we acted
     DENIED = "denied"  # the OS refused the signal, or a safety rule refused the target
     FAILED = "failed"  # still running after SIGKILL, or an unexpected error
+    UNLOADED = "unloaded"  # its model unloaded through the server's API, memory verified back
 
     @property
     def is_success(self) -> bool:
-        """We stopped it: ``terminated`` or ``killed``.
+        """We stopped it: ``terminated``, ``killed`` or ``unloaded``.
 
         ``already_gone`` is not a success: the memory is free, but not by our doing, and an
         eviction counter must not count exits that happened anyway. See :attr:`is_gone`.
         """
-        return self in (StopResult.TERMINATED, StopResult.KILLED)
+        return self in (StopResult.TERMINATED, StopResult.KILLED, StopResult.UNLOADED)
 
     @property
     def is_gone(self) -> bool:
@@ -96,8 +97,9 @@ class StopRecord:
     """What :func:`stop` did to one target.
 
     ``steps`` are the actions taken, in order: signal names (``"SIGTERM"``, ``"SIGKILL"``,
-    prefixed ``"group:"`` when sent to the process group) and ``"command"``; empty when
-    nothing was sent. ``duration`` is seconds from the call to the outcome.
+    prefixed ``"group:"`` when sent to the process group), ``"command"`` and ``"unload"`` (the
+    model's unload request, :mod:`metalmem.unload`); empty when nothing was sent. ``duration``
+    is seconds from the call to the outcome.
     """
 
     key: str
@@ -413,9 +415,50 @@ def stop(
             gone = verdict.reason in (SkipReason.GONE, SkipReason.IDENTITY_CHANGED)
             result = StopResult.ALREADY_GONE if gone else StopResult.DENIED
             return done(result, f"safety gate: {verdict.reason}: {verdict.detail}")
+        if target.stop.unload is not None:
+            return _unload(target, handle, sampler, clock, t0, kill_timeout, steps, done)
         return _escalate(target, handle, clock, t0, kill_timeout, steps, done)
     finally:
         handle.close()
+
+
+def _unload(
+    target: Target,
+    handle: _Handle,
+    sampler: Sampler,
+    clock: Callable[[], float],
+    t0: float,
+    kill_timeout: float,
+    steps: list[str],
+    done: Callable[[StopResult, str], StopRecord],
+) -> StopRecord:
+    """The model-level stop (:func:`metalmem.unload.unload`) on a verified handle, with the
+    signal path (a refused unload) and SIGKILL (an accepted one whose process outlived the
+    grace) as its fallbacks; each fallback's message starts with the reason for it."""
+    from .unload import unload
+
+    def noting(note: str) -> Callable[[StopResult, str], StopRecord]:
+        return lambda result, message: done(result, note + message)
+
+    def signal_path(note: str) -> StopRecord:
+        # The grace counts from the start of the stop, so the whole stop stays within
+        # grace + kill_timeout (the watchdog's busy_until); the request took half at most.
+        return _escalate(target, handle, clock, t0, kill_timeout, steps, noting(note))
+
+    def kill(note: str) -> StopRecord:
+        noted = noting(note)
+        try:
+            handle.send(signal.SIGKILL, None)
+        except ProcessLookupError:
+            return noted(StopResult.UNLOADED, "exited at the end of the grace period")
+        except PermissionError as exc:
+            return noted(StopResult.DENIED, f"SIGKILL refused: {exc}")
+        steps.append("SIGKILL")
+        if handle.wait(kill_timeout):
+            return noted(StopResult.KILLED, "SIGKILL")
+        return noted(StopResult.FAILED, f"still running {kill_timeout:g} s after SIGKILL")
+
+    return unload(target, handle, sampler, clock, t0, steps, done, signal_path, kill)
 
 
 def _escalate(

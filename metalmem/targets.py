@@ -37,6 +37,7 @@ from .errors import NoSuchProcess
 from .limits import MAX_GRACE, check_duration
 from .pins import Pin, PinStore
 from .sampler import Sampler
+from .unload import UNLOAD_KEYS, RouterModels, UnloadAction, is_router, parse_unload, router_url
 
 __all__ = [
     "DEFAULT_DISCOVERY_PATTERN",
@@ -161,13 +162,15 @@ class StopMethod:
     process that has not exited gets SIGKILL; ``None`` means the policy's ``[eviction] grace``
     (issue 13: a per-target default of 10 s used to shadow it). ``process_group`` sends both
     signals to the target's process group when the target leads it (see
-    :func:`metalmem.process.stop`).
+    :func:`metalmem.process.stop`). ``unload`` stops one model of a shared server through its
+    HTTP API instead (:mod:`metalmem.unload`), the signal being its fallback.
     """
 
     signal: int = signal.SIGTERM
     grace: float | None = None
     process_group: bool = False
     command: tuple[str, ...] | None = None
+    unload: UnloadAction | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.signal, bool) or not isinstance(self.signal, int):
@@ -188,6 +191,15 @@ class StopMethod:
             raise ValueError(
                 f"stop_command: must be a non-empty argument list, got {self.command!r}"
             )
+        if self.unload is not None:
+            if not isinstance(self.unload, UnloadAction):
+                raise ValueError(f"unload: must be an UnloadAction, got {self.unload!r}")
+            if self.command is not None:
+                raise ValueError("unload: cannot be combined with stop_command (choose one)")
+            if self.process_group:
+                raise ValueError(
+                    "unload: cannot be combined with process_group (an unload stops one model)"
+                )
 
     @property
     def grace_seconds(self) -> float:
@@ -325,6 +337,7 @@ _SPEC_KEYS = frozenset(
         "grace",
         "process_group",
         "stop_command",
+        *UNLOAD_KEYS,
     }
 )
 
@@ -397,6 +410,10 @@ def _spec_from_table(table: Mapping[str, Any]) -> TargetSpec:
                 stop_kwargs[attr] = convert(table[key]) if convert else table[key]
             except ValueError as exc:
                 raise ValueError(f"{key}: {exc}") from None
+    name = table.get("name")
+    action = parse_unload(table, name if isinstance(name, str) else None)
+    if action is not None:
+        stop_kwargs["unload"] = action
     budget = table.get("budget")
     if budget is not None:
         try:
@@ -487,6 +504,7 @@ class _ProcessTable(Protocol):
     def pids(self) -> Iterable[int]: ...
     def argv(self, pid: int) -> tuple[str, ...] | None: ...
     def names(self, pid: int) -> tuple[str, ...]: ...
+    def ppid(self, pid: int) -> int | None: ...
 
 
 class _ProcFS:
@@ -530,6 +548,15 @@ class _ProcFS:
             out.append(os.path.basename(os.readlink(os.path.join(self.root, str(pid), "exe"))))
         return tuple(out)
 
+    def ppid(self, pid: int) -> int | None:
+        """The parent's pid: field 4 of ``stat``, after the last ``)`` (a hostile name cannot
+        forge it)."""
+        raw = self._read(pid, "stat")
+        if not raw:
+            return None
+        fields = raw[raw.rfind(b")") + 1 :].split()
+        return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+
 
 class _PsTable:
     """macOS (and any system with a POSIX ``ps``): one snapshot from two ``ps`` runs.
@@ -552,6 +579,9 @@ class _PsTable:
     def names(self, pid: int) -> tuple[str, ...]:
         comm = self._comm.get(pid)
         return (os.path.basename(comm),) if comm else ()
+
+    def ppid(self, pid: int) -> int | None:
+        return None  # router instances are mapped on Linux only
 
 
 def _run_ps(column: str) -> str:
@@ -761,6 +791,7 @@ def discover(
     priority: Priority = Priority.NORMAL,
     stop: StopMethod | None = None,
     max_matches: int | None = DEFAULT_MAX_MATCHES,
+    routers: RouterModels | None = None,
 ) -> list[Target]:
     """Running processes whose executable name matches ``pattern``, as targets, by pid.
 
@@ -770,6 +801,11 @@ def discover(
     twice get ``#pid``. Kernel threads, zombies, pid 0/1, this process, its parent and other
     metalmem agents are never discovered. A pattern that :func:`check_pattern` refuses raises
     ``ValueError``; more than ``max_matches`` processes raise :class:`TooManyMatches`.
+
+    With ``routers`` (Linux), a llama-server in router mode (:func:`metalmem.unload.is_router`)
+    is not a target itself: each of its matched child instances that its ``GET /models``
+    names as a loaded model is one, keyed by the model id and stopped by unloading it
+    (``POST /models/unload``, :mod:`metalmem.unload`).
     """
     regex = check_pattern(pattern, "discovery pattern")
     table = _table(sampler, proc_root)
@@ -790,6 +826,10 @@ def discover(
             f"discovery pattern {pattern!r} matches {len(found)} processes, more than the "
             f"cap of {max_matches} ([discovery] max_matches): narrow the pattern or raise the cap"
         )
+    base = stop if stop is not None else StopMethod()
+    methods: dict[int, StopMethod] = {}
+    if routers is not None:
+        found, methods = _router_models(table, found, routers, base)
     found = _with_unique_keys(found)
     starts = _start_times(sampler, (pid for _, pid in found))
     return [
@@ -798,12 +838,42 @@ def discover(
             pid=pid,
             start_time=starts[pid],
             priority=priority,
-            stop=stop if stop is not None else StopMethod(),
+            stop=methods.get(pid, base),
             source=TargetSource.DISCOVERY,
         )
         for key, pid in found
         if pid in starts
     ]
+
+
+def _router_models(
+    table: _ProcessTable,
+    found: list[tuple[str, int]],
+    routers: RouterModels,
+    base: StopMethod,
+) -> tuple[list[tuple[str, int]], dict[int, StopMethod]]:
+    """``found`` without its routers and with their instances keyed by model id, and the
+    unload stop of each instance."""
+    argvs = {pid: table.argv(pid) or () for _, pid in found}
+    if not any(is_router(argv, True) for argv in argvs.values()):
+        return found, {}  # the common case: every server names its model; no parent read
+    parents = {pid: table.ppid(pid) for pid in argvs}
+    with_kids = set(parents.values())
+    router_pids = {pid for pid, argv in argvs.items() if is_router(argv, pid in with_kids)}
+    if not router_pids:
+        return found, {}
+    parents = {pid: parent for pid, parent in parents.items() if pid not in router_pids}
+    names: dict[int, str] = {}
+    methods: dict[int, StopMethod] = {}
+    for router in sorted(router_pids):
+        url = router_url(argvs[router])
+        kids = {pid: argvs[pid] for pid, parent in parents.items() if parent == router}
+        for pid, model in routers.models(router, url, kids).items():
+            names[pid] = _safe_name(model)
+            action = UnloadAction("llama-server", url, model)
+            methods[pid] = replace(base, unload=action, command=None, process_group=False)
+    kept = [(names.get(pid, key), pid) for key, pid in found if pid not in router_pids]
+    return kept, methods
 
 
 # --- tracking ------------------------------------------------------------------------------
@@ -844,9 +914,11 @@ class TargetTracker:
         proc_root: str | None = None,
         pins: PinStore | None = None,
         max_matches: int = DEFAULT_MAX_MATCHES,
+        routers: RouterModels | None = None,
     ) -> None:
         self._sampler = sampler
         self._proc_root = proc_root
+        self._routers = routers if routers is not None else RouterModels()
         self._pins = pins if pins is not None else PinStore()
         self._targets: tuple[Target, ...] = ()
         self._logged: set[tuple[str, int, float | None]] = set()
@@ -928,7 +1000,7 @@ class TargetTracker:
         try:
             found = discover(
                 self._sampler, self._pattern, proc_root=self._proc_root,
-                max_matches=self._max_matches,
+                max_matches=self._max_matches, routers=self._routers,
             )  # fmt: skip
         except TooManyMatches as exc:
             if self.refused != str(exc):

@@ -157,6 +157,22 @@ class MemoryCgroup:
         self._given[proc.pid] = proc
         return proc
 
+    def set_limit(self, limit: int) -> None:
+        """Change the limit of a created group (v1: memory and memory+swap, in the order the
+        kernel accepts: memsw may never be below the memory limit)."""
+        if self.v1 is not None:
+            memsw = self.v1 / "memory.memsw.limit_in_bytes"
+            order = ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
+            if limit > self.limit:
+                order.reverse()
+            for name in order:
+                if name == "memory.limit_in_bytes" or memsw.exists():
+                    _write(self.v1 / name, str(limit))
+        else:
+            assert self.v2 is not None
+            _write(self.v2 / "memory.max", str(limit))
+        self.limit = limit
+
     def pids(self) -> set[int]:
         """Every pid in the group, in either hierarchy."""
         return set().union(*(_pids(d) for d in (self.v1, self.v2) if d is not None))
