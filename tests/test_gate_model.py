@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 import metalmem
 from metalmem.eviction import EvictionMode, EvictionPolicy, Planner
 from metalmem.kube import KubeOptions, KubeReporter
+from metalmem.level import Level
 from metalmem.pins import PinStore
 from metalmem.pressure import Classifier, PressurePolicy
 from metalmem.targets import Priority, StopMethod, TargetSpec, TargetTracker
@@ -220,6 +221,8 @@ class World:
             self.fake.patch(NS, r.name, {"spec": {"evictionProtection": True}})
 
     def phase(self, critical: bool) -> None:
+        if critical:  # from what is available now: other work on the host moves it
+            self.critical = _critical_now(self.sampler, transition_period=0.0)
         self.dog.classifier.set_policy(self.critical if critical else CALM)
         self.dog.planner.pressure = self.critical if critical else CALM  # type: ignore[union-attr]
         for i in range(12):
@@ -228,11 +231,11 @@ class World:
             if i >= 6 and self.dog.state.settling is None:
                 break
             before = len(self.records)
-            self.dog.tick()
+            state = self.dog.tick()
             self._check_evictions(self.records[before:])
+            if state.assessment is not None and state.assessment.level == Level.NORMAL:
+                self.blocked_since_normal.clear()  # a NORMAL tick may lift the blocks
             time.sleep(0.05)  # let the reporter's worker read and write meanwhile
-        if not critical:
-            self.blocked_since_normal.clear()
 
     # -- the invariant ---------------------------------------------------------------------
     def _on_change(self, kind: str, old: Any, new: Any) -> None:
