@@ -324,7 +324,8 @@ def grant_removed(kube: RealKube, verb: str, resource: str) -> Iterator[None]:
     for rule in role["rules"]:
         if resource in rule["resources"]:
             rule = {**rule, "verbs": [v for v in rule["verbs"] if v != verb]}
-        rules.append(rule)
+        if rule["verbs"]:  # a rule without verbs is invalid: drop it
+            rules.append(rule)
     kube.admin("PATCH", path, {"rules": rules}, ctype=MERGE_PATCH)
     try:
         yield

@@ -227,7 +227,7 @@ def test_json_patch_by_content_type(fake: Kube) -> None:
     code, _ = call(fake, "PATCH", f"{BASE}/a", ops, ctype=JSON_PATCH)
     assert code == 422, "the test op fails now"
     code, _ = call(fake, "PATCH", f"{BASE}/a", ops, ctype=MERGE_PATCH)
-    assert code == 422, "a list is not a merge patch of an object"
+    assert code == 400, "a list is not a merge patch of an object: undecodable"
 
 
 # --- server-side apply ---------------------------------------------------------------------------
@@ -276,7 +276,9 @@ def test_apply_merges_list_map_entries_by_key_and_tracks_managers(
     assert set(owners["metalmem"]["fieldsV1"]["f:status"]["f:conditions"]) == {
         'k:{"type":"MemoryPressure"}'
     }
-    assert set(owners["llmkube-controller"]["fieldsV1"]["f:status"]["f:conditions"]) == {
+    # The real server also records "." (the list itself) for the Update that created the list;
+    # the fake does not (a documented difference, tests/kubefake.py): compare the entries.
+    assert set(owners["llmkube-controller"]["fieldsV1"]["f:status"]["f:conditions"]) - {"."} == {
         'k:{"type":"Available"}'
     }
 
@@ -393,18 +395,21 @@ def test_an_event_missing_a_required_field_is_422(fake: Kube, missing: str) -> N
 
 
 @pytest.mark.parametrize(
-    "field,value",
+    "field,value,code",
     [
-        ("eventTime", "2026-01-01T00:00:00+00:00"),  # isoformat() of microsecond 0
-        ("eventTime", "2026-01-01T00:00:00.123Z"),
-        ("type", "Error"),
-        ("note", "x" * 1025),
-        ("reportingController", "not a qualified name!"),
+        # Not a MicroTime: the real decoder refuses it before validation (400, not 422).
+        ("eventTime", "2026-01-01T00:00:00+00:00", 400),  # isoformat() of microsecond 0
+        ("eventTime", "2026-01-01T00:00:00.123Z", 400),
+        ("type", "Error", 422),
+        ("note", "x" * 1025, 422),
+        ("reportingController", "not a qualified name!", 422),
     ],
 )
-def test_an_event_with_an_invalid_field_is_422(fake: Kube, field: str, value: str) -> None:
-    code, _ = call(fake, "POST", EVENTS, _event(**{field: value}))
-    assert code == 422
+def test_an_event_with_an_invalid_field_is_refused(
+    fake: Kube, field: str, value: str, code: int
+) -> None:
+    assert call(fake, "POST", EVENTS, _event(**{field: value}))[0] == code
+    assert fake.events() == []
 
 
 def test_events_are_created_without_content_type_and_series_patched(

@@ -38,7 +38,7 @@ from metalmem.watchdog import Watchdog
 
 from ..helpers import Children, wait_for
 from ..kubereal import GROUP, PLURAL, RealKube, grant_removed
-from ..test_kube import AVAILABLE_COND, NS, Env, Host, _ticks
+from ..test_kube import AVAILABLE_COND, NS, POLICY, Env, Host, _ticks
 
 pytest.importorskip("kubernetes")
 CONTROLLER = "llmkube-controller"
@@ -60,12 +60,17 @@ def _real(env: Env) -> RealKube:
 
 
 @contextlib.contextmanager
-def _observed(env: Env, name: str) -> Iterator[tuple[KubeReporter, Watchdog]]:
+def _observed(
+    env: Env, name: str, *, real_clock: bool = False
+) -> Iterator[tuple[KubeReporter, Watchdog]]:
     """One seeded object, its child as the target, the reporter and an observing watchdog
-    running while inside; the reporter is stopped after."""
+    running while inside; the reporter is stopped after. ``real_clock``: timestamps from the
+    wall clock (Env's reporter steps a fake one), for what an operator reads as an age."""
     env.seed(name)
     kid = env.children.spawn()
     reporter = env.reporter()
+    if real_clock:
+        reporter = KubeReporter(reporter.options, pressure=POLICY, stats=env.stats)
     reporter.start()
     dog = env.watchdog(reporter, [env.target(kid, name)], mode=EvictionMode.OBSERVE)
     try:
@@ -268,7 +273,7 @@ def test_a_removed_grant_is_a_403_reported_once_with_the_missing_rule(
     kid = env.children.spawn()
     reporter = env.reporter()
     caplog.set_level(logging.INFO, logger="metalmem.kube")
-    with grant_removed(kube, "patch", PLURAL):
+    with grant_removed(kube, "patch", f"{PLURAL}/status"):
         wait_for(lambda: not kube.can_i("patch", PLURAL, NS, subresource="status"),
                  what="the authorizer sees the change")  # fmt: skip
         reporter.start()
@@ -294,8 +299,9 @@ def test_a_removed_grant_is_a_403_reported_once_with_the_missing_rule(
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (Debian's kubernetes-client)")
 def test_kubectl_describe_shows_the_condition_and_events(env: Env) -> None:
+    """What an operator reads: the condition under Status, our event under Events, from us."""
     kube = _real(env)
-    with _observed(env, "a") as (reporter, _dog):
+    with _observed(env, "a", real_clock=True) as (reporter, _dog):
         env.host.set(Level.WARNING)
         wait_for(lambda: env.reason_is("a", "Warning"), what="a Warning")
         assert reporter.flush(5)
@@ -305,13 +311,19 @@ def test_kubectl_describe_shows_the_condition_and_events(env: Env) -> None:
         ["kubectl", "--kubeconfig", str(admin), "describe", "inferenceservice", "a", "-n", NS],
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
-    status = out[out.index("\nStatus:") :]
-    assert (
-        "Type:                  MemoryPressure" in status
-        or "Type:  MemoryPressure" in " ".join(status.split("\n"))
-        or "MemoryPressure" in status
-    ), out
-    assert "Reason:" in status and "Warning" in status, out
-    events = out[out.index("\nEvents:") :]
-    assert "MemoryPressureLevelChanged" in events, out
-    assert "memory pressure NORMAL -> WARNING" in events, out
+    status, events = (
+        out[out.index("\nStatus:") : out.index("\nEvents:")],
+        out[out.index("\nEvents:") :],
+    )
+    blocks = status.split("Last Transition Time:")[1:]  # one block per condition
+    fields = [dict(" ".join(line.split()).split(": ", 1) for line in b.strip().splitlines()[1:]
+                   if ": " in line) for b in blocks]  # fmt: skip
+    ours = [f for f in fields if f.get("Type") == CONDITION_TYPE]
+    assert len(ours) == 1, out
+    assert ours[0]["Status"] == "True" and ours[0]["Reason"] == "Warning", out
+    assert ours[0]["Message"].startswith("WARNING: available 3.0 GiB of 8.0 GiB"), out
+    assert [f["Type"] for f in fields] == ["Available", CONDITION_TYPE], out
+    [row] = [line.split() for line in events.splitlines() if "MemoryPressureLevelChanged" in line]
+    assert row[:2] == ["Warning", "MemoryPressureLevelChanged"], out
+    assert row[2] != "<invalid>" and row[3] == REPORTING_CONTROLLER, out
+    assert "memory pressure NORMAL -> WARNING" in " ".join(row), out
