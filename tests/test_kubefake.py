@@ -391,7 +391,7 @@ def _event(**over: Any) -> dict[str, Any]:
 def test_an_event_missing_a_required_field_is_422(fake: Kube, missing: str) -> None:
     code, status = call(fake, "POST", EVENTS, _event(**{missing: None}), ctype=None)
     assert code == 422 and status["details"]["causes"][0]["field"] == missing
-    assert fake.events() == []
+    assert fake.events("llm") == []
 
 
 @pytest.mark.parametrize(
@@ -409,7 +409,7 @@ def test_an_event_with_an_invalid_field_is_refused(
     fake: Kube, field: str, value: str, code: int
 ) -> None:
     assert call(fake, "POST", EVENTS, _event(**{field: value}))[0] == code
-    assert fake.events() == []
+    assert fake.events("llm") == []
 
 
 def test_events_are_created_without_content_type_and_series_patched(
