@@ -31,7 +31,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .errors import NoSuchProcess
 from .limits import MAX_GRACE, check_duration
@@ -64,6 +64,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DISCOVERY_PATTERN = "llama-server"
 DEFAULT_GRACE = 10.0  # seconds; LLMKube and llama-swap both wait 10 s (reference/peers.md)
+
+
+# signal.valid_signals() builds ~60 enum members per call (~0.5 ms): a rescan built one
+# StopMethod per discovered process, so this was most of discovery's cost at 64 (issue 15).
+_VALID_SIGNALS = frozenset(int(s) for s in signal.valid_signals())
 
 
 class Priority(enum.StrEnum):
@@ -172,7 +177,7 @@ class StopMethod:
     def __post_init__(self) -> None:
         if isinstance(self.signal, bool) or not isinstance(self.signal, int):
             raise ValueError(f"stop_signal: must be a signal number or name, got {self.signal!r}")
-        if self.signal not in signal.valid_signals():
+        if self.signal not in _VALID_SIGNALS:
             raise ValueError(f"stop_signal: {self.signal} is not a valid signal here")
         if self.grace is not None:
             object.__setattr__(
@@ -489,12 +494,28 @@ class _ProcessTable(Protocol):
     def names(self, pid: int) -> tuple[str, ...]: ...
 
 
+# root -> pid -> [comm as read, the names from it, argv (None: not read yet)]: what the last
+# rescan learnt about each process, valid while its comm is unchanged.
+_KNOWN: dict[str, dict[int, list[Any]]] = {}
+_UNREAD = object()
+
+
 class _ProcFS:
     """Linux: ``/proc/<pid>/{cmdline,comm,exe}`` under ``root``; a process that vanishes or
-    hides while being read is skipped, as it would be a moment later anyway."""
+    hides while being read is skipped, as it would be a moment later anyway.
+
+    A rescan reads each process's ``comm`` (one small read) and resolves the ``exe`` link and
+    reads ``cmdline`` only when ``comm`` differs from the last scan's: exec and PR_SET_NAME
+    change ``comm``, so an unchanged one means the same program (issue 15: the readlink per
+    process and the cmdline per match were most of a rescan). A pid that leaves the listing
+    leaves the cache. Left stale: a pid reused by a process of the same ``comm`` (its names
+    are those of the same program; its identity is the start time, read fresh), and a
+    command line rewritten in place (setproctitle) keeps the name first read."""
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self._known = _KNOWN.setdefault(root, {})
+        self._checked: set[int] = set()  # pids whose comm this scan compared
 
     def pids(self) -> Iterator[int]:
         try:
@@ -502,33 +523,57 @@ class _ProcFS:
         except OSError as exc:
             log.warning("event=proc_scan_failed root=%s error=%s", self.root, exc)
             return
-        for entry in entries:
-            if entry.isdigit():
-                yield int(entry)
+        pids = [int(e) for e in entries if e.isdigit()]
+        if self._known:
+            alive = set(pids)
+            for gone in [p for p in self._known if p not in alive]:
+                del self._known[gone]
+        yield from pids
 
-    def _read(self, pid: int, name: str) -> bytes | None:
+    def _read(self, pid: int, name: str, size: int = 65536) -> bytes | None:
         try:
-            with open(os.path.join(self.root, str(pid), name), "rb") as f:
-                return f.read()
+            fd = os.open(f"{self.root}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            chunks = [os.read(fd, size)]
+            while len(chunks[-1]) == size:  # comm (<= 16 bytes) takes one read
+                chunks.append(os.read(fd, size))
+            return b"".join(chunks)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def argv(self, pid: int) -> tuple[str, ...] | None:
+        known = self._known.get(pid) if pid in self._checked else None
+        if known is not None and known[2] is not _UNREAD:
+            return cast(tuple[str, ...] | None, known[2])
         raw = self._read(pid, "cmdline")
-        if not raw:  # kernel threads and zombies have an empty command line
-            return None
-        return tuple(os.fsdecode(a) for a in raw.rstrip(b"\0").split(b"\0"))
+        # kernel threads and zombies have an empty command line
+        argv = tuple(os.fsdecode(a) for a in raw.rstrip(b"\0").split(b"\0")) if raw else None
+        if known is not None:
+            known[2] = argv
+        return argv
 
     def names(self, pid: int) -> tuple[str, ...]:
         """``comm`` (the executable's basename as exec'd, cut to 15 bytes) and the basename
         of the ``exe`` link, where readable."""
+        comm = self._read(pid, "comm", 64) or b""
+        known = self._known.get(pid)
+        if known is not None and known[0] == comm:
+            self._checked.add(pid)
+            return cast(tuple[str, ...], known[1])
         out = []
-        comm = self._read(pid, "comm")
         if comm:
             out.append(os.fsdecode(comm.rstrip(b"\n")))
         with contextlib.suppress(OSError):  # another user's process without CAP_SYS_PTRACE
             out.append(os.path.basename(os.readlink(os.path.join(self.root, str(pid), "exe"))))
-        return tuple(out)
+        names = tuple(out)
+        if comm:
+            self._known[pid] = [comm, names, _UNREAD]
+            self._checked.add(pid)
+        return names
 
 
 class _PsTable:

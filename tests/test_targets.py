@@ -400,6 +400,35 @@ def test_discover_in_a_captured_tree_skips_pid_1_self_parent_and_kernel_threads(
 
 
 @linux_only
+def test_a_rescan_rereads_a_process_only_when_its_comm_changes(
+    children: Children, sampler: Sampler, tmp_path: Path
+) -> None:
+    # The rescan cache (issue 15): names and argv are re-read when comm changes (exec,
+    # PR_SET_NAME), and a pid that leaves the listing is forgotten.
+    proc = tmp_path / "proc"
+    child = children.spawn()
+    write_proc_entry(proc, child.pid, "bash", ["bash"])
+    assert discover(sampler, proc_root=str(proc)) == []
+    d = proc / str(child.pid)
+    (d / "comm").write_text("llama-server\n")  # exec'd
+    (d / "cmdline").write_bytes(b"llama-server\0--alias\0first\0")
+    assert [t.key for t in discover(sampler, proc_root=str(proc))] == ["first"]
+    (d / "cmdline").write_bytes(b"llama-server\0--alias\0second\0")
+    # comm unchanged: the same program, its name as first read (documented in _ProcFS)
+    assert [t.key for t in discover(sampler, proc_root=str(proc))] == ["first"]
+    (d / "comm").write_text("bash\n")  # exec'd back
+    assert discover(sampler, proc_root=str(proc)) == []
+    (d / "comm").write_text("llama-server\n")
+    assert [t.key for t in discover(sampler, proc_root=str(proc))] == ["second"]
+    for f in d.iterdir():
+        f.unlink()
+    d.rmdir()
+    assert discover(sampler, proc_root=str(proc)) == []  # gone: forgotten
+    write_proc_entry(proc, child.pid, "llama-server", ["llama-server", "--alias", "third"])
+    assert [t.key for t in discover(sampler, proc_root=str(proc))] == ["third"]
+
+
+@linux_only
 def test_parse_ps_output_reads_real_ps(children: Children, llama_server: str) -> None:
     child = children.spawn(executable=llama_server, args=("--alias", "via-ps"))
     comm = parse_ps_output(
