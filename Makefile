@@ -60,17 +60,22 @@ check-darwin: $(STAMP)
 test-darwin-shim: $(STAMP)
 	$(PY) tests/darwin_shim/build.py test --min-lines 100
 
-# The benchmark suite, then docs/performance.md and its plot (about 6 minutes on 2 cores).
+# The benchmark suite, then docs/performance.md and its plot (about 12 minutes on 2 cores):
+# the headline calls 1 s apart (cadence.py), the agent beside node_exporter and earlyoom
+# (peers.py installs both from Debian where it can), then the back-to-back context.
 # METALMEM_BENCH_QUICK=1 shortens every part; METALMEM_BENCH_SKIP=agent,kube,reaction,polling,scale
-# skips parts; docs/performance.md lists every switch.
+# skips parts (and peers,discovery); docs/performance.md lists every switch.
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-columns=min,median,mean,ops \
 		--benchmark-json=benchmarks/results.json
+	$(PY) benchmarks/cadence.py --json benchmarks/cadence.json
+	$(PY) benchmarks/peers.py --json benchmarks/peers.json
 	$(PY) benchmarks/agent_bench.py --json benchmarks/agent.json
 	$(PY) benchmarks/reaction.py --json benchmarks/reaction.json
 	$(PY) benchmarks/http_load.py --json benchmarks/http_load.json
 	$(PY) benchmarks/report.py benchmarks/results.json --agent benchmarks/agent.json \
-		--reaction benchmarks/reaction.json --http benchmarks/http_load.json --write docs/performance.md
+		--reaction benchmarks/reaction.json --http benchmarks/http_load.json \
+		--cadence benchmarks/cadence.json --peers benchmarks/peers.json --write docs/performance.md
 
 clean:
 	rm -rf build dist *.egg-info metalmem/_native*.so metalmem/_native.c metalmem/_native.o
