@@ -280,7 +280,10 @@ def main() -> None:
     args = ap.parse_args()
     default = 20.0 if QUICK else 120.0
     duration = args.duration or float(os.environ.get("METALMEM_BENCH_PEERS_SECONDS", default))
-    doc: dict[str, Any] = {"machine": machine(), "loadavg_before": os.getloadavg()}
+    doc: dict[str, Any] = {
+        "machine": machine(),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+    }
     if "peers" in SKIP:
         doc["skipped"] = "METALMEM_BENCH_SKIP contains peers"
     elif not sys.platform.startswith("linux"):
@@ -297,7 +300,7 @@ def main() -> None:
                 print(json.dumps(doc["discovery"]), flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    doc["loadavg_after"] = os.getloadavg()
+    doc["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     pathlib.Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
 
 

@@ -452,15 +452,38 @@ def _reaction_onset_goal(run: Run) -> Goal:
         detail=f"{ev.get('median_ms', 0):,.0f} ms vs {ours.get('median_ms', 0):,.0f} ms "
         f"(polling at 10 s: {ten.get('median_ms', 0):,.0f} ms) medians over "
         f"{ev.get('n', 0)}/{ours.get('n', 0)}/{ten.get('n', 0)} trials",
+        why=lambda: _why_reaction(run),
         pending=pending,
+    )
+
+
+def _why_reaction(run: Run) -> str:
+    doc = run.reaction or {}
+    trials = (doc.get("psi") or {}).get("trials") or []
+    detect = sorted(t["onset_to_event_ms"] for t in trials if t.get("onset_to_event_ms"))
+    ev = (doc.get("psi") or {}).get("event_to_sigterm") or {}
+    th = doc.get("thresholds") or {}
+    median = detect[len(detect) // 2] if detect else None
+    return (
+        f"The event-driven trials tick every {doc.get('interval_s', 10):g} s, so only the "
+        f"PSI trigger can wake them: the kernel's detection (onset to trigger; "
+        f"some {th.get('some_ms')} ms / full {th.get('full_ms')} ms of stall within a "
+        f"{th.get('window_s')} s window) took {median and f'{median:,.0f}'} ms median, and "
+        f"our own part (trigger to SIGTERM) {ev.get('median_ms')} ms. This victim falls "
+        "below the available-memory threshold before it has stalled long enough to trip the "
+        "trigger, so a 2 s tick reading available memory finds it first (half the interval "
+        "on average). The agent runs both (events and its 2 s tick), so its reaction is the "
+        "earlier of the two; the trigger wins for stalls that do not move available memory "
+        "first (reclaim of file pages, a cgroup at its limit)."
     )
 
 
 def _why_cadence_tick(run: Run) -> str:
     c = run.cadence or {}
     return (
-        f"Measured with the machine's load average at {c.get('loadavg_before')} (before) and "
-        f"{c.get('loadavg_after')} (after) on {c.get('machine', {}).get('cores', '?')} cores: "
+        f"Measured with the machine's load average at {_load_avg(c.get('loadavg_before'))} "
+        f"(before) and {_load_avg(c.get('loadavg_after'))} (after) on "
+        f"{c.get('machine', {}).get('cores', '?')} cores: "
         "every figure of this run is inflated by the other work (the back-to-back "
         "context rows show the same code's floor). Per tick, status is no longer read "
         "(`csrc/linux.c` MM_DETAIL_PERIOD) and the history is not copied "
@@ -745,6 +768,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _load_avg(v: Any) -> str:
+    return ", ".join(f"{float(x):.2f}" for x in v) if v else "?"
+
+
 def _machine_section(run: Run) -> str:
     info = run.results.get("machine_info", {})
     cpu = info.get("cpu", {})
@@ -760,8 +787,16 @@ def _machine_section(run: Run) -> str:
             f"{str(commit.get('id', '?'))[:12]}{' (dirty tree)' if commit.get('dirty') else ''}",
         ],
     ]
+    loads = [
+        f"{name} {_load_avg(doc.get('loadavg_before'))} → {_load_avg(doc.get('loadavg_after'))}"
+        for name, doc in (("cadence.py", run.cadence), ("peers.py", run.peers))
+        if doc and doc.get("loadavg_before") is not None
+    ]
+    if loads:
+        # Every figure of a loaded run is inflated; the ratios within it still compare.
+        rows.append(["load average (1, 5, 15 min)", "; ".join(loads)])
     nodes = {info.get("node")}
-    for doc in (run.agent, run.reaction):
+    for doc in (run.agent, run.reaction, run.cadence, run.peers):
         if doc and doc.get("machine"):
             nodes.add(doc["machine"].get("node"))
     warn = (
@@ -808,7 +843,8 @@ def _cadence_section(run: Run) -> str:
         ]  # fmt: skip
         parts.append(
             f"{c['rounds']} rounds, {c['spacing_s']:g} s apart (benchmarks/cadence.py); load "
-            f"average {c.get('loadavg_before')} before, {c.get('loadavg_after')} after.\n\n"
+            f"average {_load_avg(c.get('loadavg_before'))} before, "
+            f"{_load_avg(c.get('loadavg_after'))} after.\n\n"
             + _table(["call, 1 s apart", "median", "mean", "max", "rounds"], rows)
             + "\n\nWhere each per-process figure comes from, and when (csrc/linux.c): `rss` "
             "and `anon` (resident - shared) from /proc/PID/statm on every call; `wired` "
@@ -839,8 +875,8 @@ def _cadence_section(run: Run) -> str:
             f"{side['idle_window_s']:g} s with no scrapes afterwards. The agent: 1 s interval, "
             "16 targets named by pid, no Kubernetes; node_exporter with only its meminfo, "
             "pressure and vmstat collectors; earlyoom with Debian's arguments (`-r 3600`). "
-            f"Load average {(run.peers or {}).get('loadavg_before')} before, "
-            f"{(run.peers or {}).get('loadavg_after')} after.\n\n"
+            f"Load average {_load_avg((run.peers or {}).get('loadavg_before'))} before, "
+            f"{_load_avg((run.peers or {}).get('loadavg_after'))} after.\n\n"
             + _table(["process", "CPU", "RSS", "idle wake-ups", "samples per scrape"], rows)
             + skipped
         )
@@ -1069,7 +1105,7 @@ machines are reported, not tested.
 ## Reproduce
 
 ```sh {{long}}
-make bench          # the suite, then this page: about 6 minutes on 2 cores
+make bench          # the suite, then this page: about 12 minutes on 2 cores
 ```
 
 `make bench` runs, in order: `pytest benchmarks` (pytest-benchmark; `benchmarks/results.json`),

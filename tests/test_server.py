@@ -718,5 +718,5 @@ def test_an_idle_server_does_not_wake_and_stops_at_once(sampler: metalmem.Sample
     finally:
         t0 = time.monotonic()
         server.stop()
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1.0  # woken by its pipe, not a poll
     assert not any(t.name == "metalmem-http" for t in threading.enumerate())
