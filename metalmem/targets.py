@@ -494,28 +494,40 @@ class _ProcessTable(Protocol):
     def names(self, pid: int) -> tuple[str, ...]: ...
 
 
-# root -> pid -> [comm as read, the names from it, argv (None: not read yet)]: what the last
-# rescan learnt about each process, valid while its comm is unchanged.
+# root -> pid -> [identity, the names, argv (_UNREAD: not read yet)]: what the last rescan
+# learnt about each process, valid while its identity (comm and start time) is unchanged.
 _KNOWN: dict[str, dict[int, list[Any]]] = {}
 _UNREAD = object()
 
 
-class _ProcFS:
-    """Linux: ``/proc/<pid>/{cmdline,comm,exe}`` under ``root``; a process that vanishes or
-    hides while being read is skipped, as it would be a moment later anyway.
+def _stat_identity(raw: bytes) -> tuple[bytes, bytes] | None:
+    """(comm, start time in ticks) from /proc/PID/stat: comm between the first '(' and the
+    last ')' (a name may hold either), the start time 20 fields after that ')'."""
+    left, right = raw.find(b"("), raw.rfind(b")")
+    if left < 0 or right < left:
+        return None
+    fields = raw[right + 1 :].split()
+    if len(fields) < 20:
+        return None
+    return raw[left + 1 : right], fields[19]
 
-    A rescan reads each process's ``comm`` (one small read) and resolves the ``exe`` link and
-    reads ``cmdline`` only when ``comm`` differs from the last scan's: exec and PR_SET_NAME
-    change ``comm``, so an unchanged one means the same program (issue 15: the readlink per
-    process and the cmdline per match were most of a rescan). A pid that leaves the listing
-    leaves the cache. Left stale: a pid reused by a process of the same ``comm`` (its names
-    are those of the same program; its identity is the start time, read fresh), and a
-    command line rewritten in place (setproctitle) keeps the name first read."""
+
+class _ProcFS:
+    """Linux: ``/proc/<pid>/{cmdline,comm,exe,stat}`` under ``root``; a process that vanishes
+    or hides while being read is skipped, as it would be a moment later anyway.
+
+    A rescan reads each process's ``stat`` (one small read: its comm and start time) and
+    resolves the ``exe`` link and reads ``cmdline`` only when either changed since the last
+    scan: exec and PR_SET_NAME change comm, and a pid reused by another process changes the
+    start time, so an unchanged pair is the same process running the same program (issue
+    15: the readlink per process and the cmdline per match were most of a rescan). A pid
+    that leaves the listing leaves the cache; without a readable stat nothing is cached. Left
+    stale: a command line rewritten in place (setproctitle) keeps the name first read."""
 
     def __init__(self, root: str) -> None:
         self.root = root
         self._known = _KNOWN.setdefault(root, {})
-        self._checked: set[int] = set()  # pids whose comm this scan compared
+        self._checked: set[int] = set()  # pids whose identity this scan compared
 
     def pids(self) -> Iterator[int]:
         try:
@@ -537,7 +549,7 @@ class _ProcFS:
             return None
         try:
             chunks = [os.read(fd, size)]
-            while len(chunks[-1]) == size:  # comm (<= 16 bytes) takes one read
+            while len(chunks[-1]) == size:  # comm and stat take one read
                 chunks.append(os.read(fd, size))
             return b"".join(chunks)
         except OSError:
@@ -559,20 +571,24 @@ class _ProcFS:
     def names(self, pid: int) -> tuple[str, ...]:
         """``comm`` (the executable's basename as exec'd, cut to 15 bytes) and the basename
         of the ``exe`` link, where readable."""
-        comm = self._read(pid, "comm", 64) or b""
+        stat = self._read(pid, "stat", 4096)
+        identity = _stat_identity(stat) if stat else None
         known = self._known.get(pid)
-        if known is not None and known[0] == comm:
+        if identity is not None and known is not None and known[0] == identity:
             self._checked.add(pid)
             return cast(tuple[str, ...], known[1])
+        comm = identity[0] if identity is not None else (self._read(pid, "comm", 64) or b"")
         out = []
-        if comm:
+        if comm.rstrip(b"\n"):
             out.append(os.fsdecode(comm.rstrip(b"\n")))
         with contextlib.suppress(OSError):  # another user's process without CAP_SYS_PTRACE
             out.append(os.path.basename(os.readlink(os.path.join(self.root, str(pid), "exe"))))
         names = tuple(out)
-        if comm:
-            self._known[pid] = [comm, names, _UNREAD]
+        if identity is not None:
+            self._known[pid] = [identity, names, _UNREAD]
             self._checked.add(pid)
+        else:
+            self._known.pop(pid, None)
         return names
 
 
