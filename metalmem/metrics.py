@@ -603,10 +603,24 @@ def _add(
     ``family.name``), without its per-call list and zip: a scrape adds ~80 of them."""
     if value is None or (value.__class__ is float and not _isfinite(value)):
         return
-    out[family.name].samples.append(
-        Sample(family.name, dict(zip(family.labels, labels, strict=True)) if labels else _NO_LABELS,
-               value, None, None)
-    )  # fmt: skip
+    key = (family.name, labels, value.__class__, value)
+    sample = _SAMPLES.get(key)
+    if sample is None:
+        if len(_SAMPLES) >= _SAMPLES_MAX:
+            _SAMPLES.clear()  # values that moved on; the ones still current come back at once
+        sample = _SAMPLES[key] = Sample(
+            family.name, dict(zip(family.labels, labels, strict=True)) if labels else _NO_LABELS,
+            value, None, None,
+        )  # fmt: skip
+    out[family.name].samples.append(sample)
+
+
+# Most samples repeat scrape after scrape (counters at rest, thresholds, modes, build info):
+# Sample is immutable, so the one built last time is reused (issue 15: building ~150 Samples
+# and their label dicts was most of a collect at 16 targets). Keyed by the value's type too,
+# so 1 and 1.0 (equal, hashed alike) keep their own rendering. Bounded: cleared when full.
+_SAMPLES: dict[tuple[str, tuple[str, ...], type, float], Sample] = {}
+_SAMPLES_MAX = 8192
 
 
 def make_registry(collector: MetalmemCollector, *, self_metrics: bool = True) -> CollectorRegistry:

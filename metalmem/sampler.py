@@ -92,9 +92,12 @@ class ProcessMemory(NamedTuple):
     """Memory of one process. ``(pid, start_time)`` names it for its whole lifetime.
 
     ``footprint`` is what the process costs the machine: macOS ``ri_phys_footprint`` (includes
-    Metal buffers and compressed pages), Linux anonymous resident + swap. ``swap``, ``wired``
-    and ``peak`` come from /proc/PID/status on Linux, read at most once a second per process
-    (``detail_timestamp`` says when); ``rss`` and ``anon`` are read on every call.
+    Metal buffers and compressed pages), Linux anonymous resident + swap. On Linux each figure
+    is read at the rate it changes: ``rss`` and ``anon`` (resident - shared) from
+    /proc/PID/statm on every call; ``wired`` (VmLck + VmPin) and ``peak`` (VmHWM) from
+    /proc/PID/status every ~10 s per process (``detail_timestamp`` says when), ``peak`` raised
+    to ``rss`` in between; ``swap`` is 0 while /proc/swaps shows no swap in use (nothing can be
+    swapped out) and VmSwap from status, at most a second old, while it does.
     """
 
     pid: int

@@ -16,6 +16,8 @@ import io
 import json
 import logging
 import math
+import os
+import selectors
 import socket
 import socketserver
 import sys
@@ -522,6 +524,19 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
             )
         self.shutdown_request(request)
 
+    def serve_until_woken(self, wake_r: int) -> None:
+        """Accept connections until ``wake_r`` becomes readable. Blocks in select() with no
+        timeout, so an idle server never wakes (serve_forever polls every poll_interval: four
+        wake-ups a second at its 0.25 s, more than the agent's own tick; issue 15)."""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self, selectors.EVENT_READ)
+            sel.register(wake_r, selectors.EVENT_READ)
+            while True:
+                ready = sel.select()
+                if any(key.fileobj == wake_r for key, _ in ready):
+                    return
+                self.handle_request()  # ready: its own select() returns at once
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One line per failed connection, never a traceback: a client that times out, resets
         or sends garbage is routine (INFO); anything else is logged with its type (WARNING)."""
@@ -548,9 +563,6 @@ class Server:
     work.
     """
 
-    # serve_forever's select() timeout: bounds how long stop() waits for the loop to notice.
-    POLL_INTERVAL = 0.25
-
     def __init__(
         self,
         app: WSGIApplication,
@@ -571,6 +583,7 @@ class Server:
         }
         self._httpd: _ThreadingServer | None = None
         self._thread: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None
 
     @property
     def port(self) -> int:
@@ -590,9 +603,10 @@ class Server:
         httpd: _ThreadingServer = server_cls((self.host, self._requested_port), _Handler)
         httpd.set_app(self.app)
         self._httpd = httpd
+        self._wake = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": self.POLL_INTERVAL},
+            target=httpd.serve_until_woken,
+            args=(self._wake[0],),
             name="metalmem-http",
             daemon=True,
         )
@@ -601,17 +615,22 @@ class Server:
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop serving and close the listening socket; requests in flight finish on their
-        own daemon threads. Returns within about :data:`POLL_INTERVAL` (``timeout`` at most
-        for the thread to end). Idempotent."""
-        httpd, thread = self._httpd, self._thread
+        own daemon threads. The serving thread is woken through a pipe, so this returns as
+        soon as it ends (``timeout`` at most). Idempotent."""
+        httpd, thread, wake = self._httpd, self._thread, self._wake
         if httpd is None:
             return
-        if thread is not None and thread.is_alive():
-            httpd.shutdown()  # returns once serve_forever's loop saw the flag (<= POLL_INTERVAL)
+        if wake is not None:
+            os.write(wake[1], b"x")
+        if thread is not None:
             thread.join(timeout)
         httpd.server_close()
+        if wake is not None and not (thread is not None and thread.is_alive()):
+            os.close(wake[0])
+            os.close(wake[1])
         self._httpd = None
         self._thread = None
+        self._wake = None
 
     def __enter__(self) -> Server:
         self.start()

@@ -31,7 +31,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .errors import NoSuchProcess
 from .limits import MAX_GRACE, check_duration
@@ -65,6 +65,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DISCOVERY_PATTERN = "llama-server"
 DEFAULT_GRACE = 10.0  # seconds; LLMKube and llama-swap both wait 10 s (reference/peers.md)
+
+
+# signal.valid_signals() builds ~60 enum members per call (~0.5 ms): a rescan built one
+# StopMethod per discovered process, so this was most of discovery's cost at 64 (issue 15).
+_VALID_SIGNALS = frozenset(int(s) for s in signal.valid_signals())
 
 
 class Priority(enum.StrEnum):
@@ -175,7 +180,7 @@ class StopMethod:
     def __post_init__(self) -> None:
         if isinstance(self.signal, bool) or not isinstance(self.signal, int):
             raise ValueError(f"stop_signal: must be a signal number or name, got {self.signal!r}")
-        if self.signal not in signal.valid_signals():
+        if self.signal not in _VALID_SIGNALS:
             raise ValueError(f"stop_signal: {self.signal} is not a valid signal here")
         if self.grace is not None:
             object.__setattr__(
@@ -507,12 +512,40 @@ class _ProcessTable(Protocol):
     def ppid(self, pid: int) -> int | None: ...
 
 
+# root -> pid -> [identity, the names, argv (_UNREAD: not read yet)]: what the last rescan
+# learnt about each process, valid while its identity (comm and start time) is unchanged.
+_KNOWN: dict[str, dict[int, list[Any]]] = {}
+_UNREAD = object()
+
+
+def _stat_identity(raw: bytes) -> tuple[bytes, bytes] | None:
+    """(comm, start time in ticks) from /proc/PID/stat: comm between the first '(' and the
+    last ')' (a name may hold either), the start time 20 fields after that ')'."""
+    left, right = raw.find(b"("), raw.rfind(b")")
+    if left < 0 or right < left:
+        return None
+    fields = raw[right + 1 :].split()
+    if len(fields) < 20:
+        return None
+    return raw[left + 1 : right], fields[19]
+
+
 class _ProcFS:
-    """Linux: ``/proc/<pid>/{cmdline,comm,exe}`` under ``root``; a process that vanishes or
-    hides while being read is skipped, as it would be a moment later anyway."""
+    """Linux: ``/proc/<pid>/{cmdline,comm,exe,stat}`` under ``root``; a process that vanishes
+    or hides while being read is skipped, as it would be a moment later anyway.
+
+    A rescan reads each process's ``stat`` (one small read: its comm and start time) and
+    resolves the ``exe`` link and reads ``cmdline`` only when either changed since the last
+    scan: exec and PR_SET_NAME change comm, and a pid reused by another process changes the
+    start time, so an unchanged pair is the same process running the same program (issue
+    15: the readlink per process and the cmdline per match were most of a rescan). A pid
+    that leaves the listing leaves the cache; without a readable stat nothing is cached. Left
+    stale: a command line rewritten in place (setproctitle) keeps the name first read."""
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self._known = _KNOWN.setdefault(root, {})
+        self._checked: set[int] = set()  # pids whose identity this scan compared
 
     def pids(self) -> Iterator[int]:
         try:
@@ -520,33 +553,61 @@ class _ProcFS:
         except OSError as exc:
             log.warning("event=proc_scan_failed root=%s error=%s", self.root, exc)
             return
-        for entry in entries:
-            if entry.isdigit():
-                yield int(entry)
+        pids = [int(e) for e in entries if e.isdigit()]
+        if self._known:
+            alive = set(pids)
+            for gone in [p for p in self._known if p not in alive]:
+                del self._known[gone]
+        yield from pids
 
-    def _read(self, pid: int, name: str) -> bytes | None:
+    def _read(self, pid: int, name: str, size: int = 65536) -> bytes | None:
         try:
-            with open(os.path.join(self.root, str(pid), name), "rb") as f:
-                return f.read()
+            fd = os.open(f"{self.root}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            chunks = [os.read(fd, size)]
+            while len(chunks[-1]) == size:  # comm and stat take one read
+                chunks.append(os.read(fd, size))
+            return b"".join(chunks)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def argv(self, pid: int) -> tuple[str, ...] | None:
+        known = self._known.get(pid) if pid in self._checked else None
+        if known is not None and known[2] is not _UNREAD:
+            return cast(tuple[str, ...] | None, known[2])
         raw = self._read(pid, "cmdline")
-        if not raw:  # kernel threads and zombies have an empty command line
-            return None
-        return tuple(os.fsdecode(a) for a in raw.rstrip(b"\0").split(b"\0"))
+        # kernel threads and zombies have an empty command line
+        argv = tuple(os.fsdecode(a) for a in raw.rstrip(b"\0").split(b"\0")) if raw else None
+        if known is not None:
+            known[2] = argv
+        return argv
 
     def names(self, pid: int) -> tuple[str, ...]:
         """``comm`` (the executable's basename as exec'd, cut to 15 bytes) and the basename
         of the ``exe`` link, where readable."""
+        stat = self._read(pid, "stat", 4096)
+        identity = _stat_identity(stat) if stat else None
+        known = self._known.get(pid)
+        if identity is not None and known is not None and known[0] == identity:
+            self._checked.add(pid)
+            return cast(tuple[str, ...], known[1])
+        comm = identity[0] if identity is not None else (self._read(pid, "comm", 64) or b"")
         out = []
-        comm = self._read(pid, "comm")
-        if comm:
+        if comm.rstrip(b"\n"):
             out.append(os.fsdecode(comm.rstrip(b"\n")))
         with contextlib.suppress(OSError):  # another user's process without CAP_SYS_PTRACE
             out.append(os.path.basename(os.readlink(os.path.join(self.root, str(pid), "exe"))))
-        return tuple(out)
+        names = tuple(out)
+        if identity is not None:
+            self._known[pid] = [identity, names, _UNREAD]
+            self._checked.add(pid)
+        else:
+            self._known.pop(pid, None)
+        return names
 
     def ppid(self, pid: int) -> int | None:
         """The parent's pid: field 4 of ``stat``, after the last ``)`` (a hostile name cannot

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from .errors import Error, NoSuchProcess
 from .eviction import EvictionMode, Plan, Planner, SkipReason
 from .gate import Refusal, SafetyGate
+from .history import Ring
 from .level import Level
 from .limits import MAX_INTERVAL, check_duration
 from .pressure import Assessment, Classifier
@@ -189,7 +190,7 @@ class State:
     processes: Mapping[str, ProcessMemory | Error | OSError]
     targets: tuple[TargetLike, ...]
     assessment: Assessment | None
-    history: tuple[HistoryPoint, ...]
+    history: Sequence[HistoryPoint]
     counters: Mapping[str, int]
     heartbeat: float
     started_at: float
@@ -322,7 +323,7 @@ class Watchdog:
         self.listeners = listeners or Listeners()
         self._events = events
         self._clock = clock
-        self._history: collections.deque[HistoryPoint] = collections.deque(maxlen=history)
+        self._history: Ring[HistoryPoint] = Ring(history)
         self._counters: dict[str, int] = collections.defaultdict(int)
         self._counter_lock = threading.Lock()
         self._queue_size = queue_size
@@ -496,7 +497,7 @@ class Watchdog:
             processes=processes,
             targets=targets,
             assessment=assessment,
-            history=tuple(self._history),
+            history=self._history.view(),
             counters=counters,
             heartbeat=now,
             started_at=self._state.started_at,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
 import signal
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import jsonschema
@@ -310,3 +313,36 @@ def test_sigterm_during_a_stop_lets_it_finish_and_keeps_the_block(
     stopped = next(d for d in lines if d.get("event") == "stop")
     assert stopped["key"] == "stubborn" and stopped["result"] == "killed"
     assert stopped["steps"] == "SIGTERM,SIGKILL"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inotify, /proc/PID/task")
+def test_idle_agent_main_and_http_threads_do_not_wake(tmp_path: pathlib.Path) -> None:
+    # Issue 15: the main thread waits on signals, the loop's death and inotify on the config's
+    # directory, the HTTP thread on its socket: idle, neither wakes (they polled every 1 s and
+    # 0.25 s). Without the loop (interval 0) nothing else runs, so no thread may wake at all.
+    # A config change is still picked up at once.
+    config = tmp_path / "agent.toml"
+    config.write_text("")
+    agent = AgentProcess(["--config", str(config), "--memory-watchdog-interval", "0"],
+                         tmp_path / "agent.log")  # fmt: skip
+    try:
+        wait_for(lambda: agent.get("/healthz")[0] == 200, timeout=20, what="healthy")
+        time.sleep(0.5)
+        before = _thread_switches(agent.proc.pid)
+        time.sleep(3.0)
+        after = _thread_switches(agent.proc.pid)
+        woke = {t: after[t] - before.get(t, 0) for t in after if after[t] - before.get(t, 0) > 1}
+        assert len(after) >= 2 and woke == {}, (before, after)
+        config.write_text('[eviction]\nmode = "dry-run"\n')
+        wait_for(lambda: agent.memstats()["mode"] == "dry-run", timeout=5, what="reload")
+    finally:
+        agent.stop()
+
+
+def _thread_switches(pid: int) -> dict[int, int]:
+    out = {}
+    for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/status") as f:
+            # voluntary only: being preempted on a loaded machine is not a wake-up
+            out[tid] = sum(int(ln.split()[1]) for ln in f if ln.startswith("voluntary_ctxt"))
+    return out

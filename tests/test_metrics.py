@@ -434,3 +434,21 @@ def test_every_family_template_names_its_samples_as_exposed() -> None:
         else:
             assert metric.name == family.name
         assert family.empty() is not metric  # a fresh one per call
+
+
+def test_reused_samples_follow_every_change(sampler: metalmem.Sampler) -> None:
+    # Samples are reused while (family, labels, value) repeat; a changed value is a new one,
+    # and an int keeps its int rendering next to an equal float (issue 15).
+    dog = Watchdog(sampler, Classifier(), interval=1.0)
+    collector = collector_for(lambda: dog.state)
+    dog.tick()
+    first = {m.name: list(m.samples) for m in collector.collect()}
+    again = {m.name: list(m.samples) for m in collector.collect()}
+    build = first["metalmem_build_info"][0]
+    assert again["metalmem_build_info"][0] is build  # unchanged: the same object
+    ticks = first["metalmem_ticks"][0].value
+    dog.tick()
+    later = {m.name: list(m.samples) for m in collector.collect()}
+    assert later["metalmem_ticks"][0].value == ticks + 1
+    assert scrape(collector)["metalmem_ticks_total"][0].value == ticks + 1
+    assert type(later["metalmem_build_info"][0].value) is int

@@ -6,6 +6,7 @@ import dataclasses
 import errno
 import json
 import logging
+import os
 import pathlib
 import socket
 import statistics
@@ -691,3 +692,31 @@ def test_healthz_stays_200_while_a_stop_runs_its_grace(
         assert box[0].get("/healthz").status == 503
     finally:
         box[0].server.stop()
+
+
+def _switches(tid: int) -> int:
+    with open(f"/proc/self/task/{tid}/status") as f:
+        return sum(
+            int(line.split()[1]) for line in f if line.startswith(("voluntary", "nonvoluntary"))
+        )
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="Linux per-thread status")
+def test_an_idle_server_does_not_wake_and_stops_at_once(sampler: metalmem.Sampler) -> None:
+    # serve_forever(poll_interval=0.25) woke four times a second; the server now blocks in
+    # select() until a connection or stop() (issue 15: idle wake-ups at most the tick rate).
+    server = Server(_app(sampler), "127.0.0.1", 0)
+    server.start()
+    try:
+        assert fetch(server.port, "/healthz").status == 200
+        thread = next(t for t in threading.enumerate() if t.name == "metalmem-http")
+        assert thread.native_id is not None
+        before = _switches(thread.native_id)
+        time.sleep(1.5)
+        assert _switches(thread.native_id) - before <= 1
+        assert fetch(server.port, "/healthz").status == 200  # still serving
+    finally:
+        t0 = time.monotonic()
+        server.stop()
+        assert time.monotonic() - t0 < 1.0  # woken by its pipe, not a poll
+    assert not any(t.name == "metalmem-http" for t in threading.enumerate())

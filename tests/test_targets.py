@@ -400,6 +400,48 @@ def test_discover_in_a_captured_tree_skips_pid_1_self_parent_and_kernel_threads(
 
 
 @linux_only
+def _stat(d: Path, comm: str, start: int) -> None:
+    (d / "comm").write_text(comm + "\n")
+    (d / "stat").write_text(f"1 ({comm}) S " + " ".join(["0"] * 18) + f" {start} 0 0\n")
+
+
+def test_a_rescan_rereads_a_process_only_when_its_identity_changes(
+    children: Children, sampler: Sampler, tmp_path: Path
+) -> None:
+    # The rescan cache (issue 15): names and argv are re-read when stat's comm (exec,
+    # PR_SET_NAME) or start time (the pid reused by another process) changes, and a pid that
+    # leaves the listing is forgotten; without a stat nothing is cached.
+    proc = tmp_path / "proc"
+    child = children.spawn()
+    write_proc_entry(proc, child.pid, "bash", ["bash"])
+    d = proc / str(child.pid)
+    _stat(d, "bash", 100)
+    assert discover(sampler, proc_root=str(proc)) == []
+    _stat(d, "llama-server", 100)  # exec'd
+    (d / "cmdline").write_bytes(b"llama-server\0--alias\0first\0")
+    assert [t.key for t in discover(sampler, proc_root=str(proc))] == ["first"]
+    (d / "cmdline").write_bytes(b"llama-server\0--alias\0second\0")
+    # same comm and start: the same program, its name as first read (documented in _ProcFS)
+    assert [t.key for t in discover(sampler, proc_root=str(proc))] == ["first"]
+    _stat(d, "llama-server", 200)  # the pid reused by another process of the same name
+    assert [t.key for t in discover(sampler, proc_root=str(proc))] == ["second"]
+    (d / "cmdline").write_bytes(b"llama-server\0--alias\0third\0")
+    (d / "stat").unlink()  # unreadable identity: read afresh every time
+    assert [t.key for t in discover(sampler, proc_root=str(proc))] == ["third"]
+    (d / "cmdline").write_bytes(b"llama-server\0--alias\0fourth\0")
+    assert [t.key for t in discover(sampler, proc_root=str(proc))] == ["fourth"]
+    _stat(d, "llama-server", 300)
+    assert [t.key for t in discover(sampler, proc_root=str(proc))] == ["fourth"]
+    for f in d.iterdir():
+        f.unlink()
+    d.rmdir()
+    assert discover(sampler, proc_root=str(proc)) == []  # gone: forgotten
+    write_proc_entry(proc, child.pid, "llama-server", ["llama-server", "--alias", "fifth"])
+    _stat(d, "llama-server", 300)
+    assert [t.key for t in discover(sampler, proc_root=str(proc))] == ["fifth"]
+
+
+@linux_only
 def test_parse_ps_output_reads_real_ps(children: Children, llama_server: str) -> None:
     child = children.spawn(executable=llama_server, args=("--alias", "via-ps"))
     comm = parse_ps_output(
