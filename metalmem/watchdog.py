@@ -331,6 +331,7 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._notifier: _Notifier | None = None
         self._last_error: str | None = None
+        self._armed: tuple[int, float, float] | None = None
         self._level = Level.NORMAL
         self.planner = planner
         self._stopper: Stopper = stopper or self._signal_stop
@@ -477,6 +478,7 @@ class Watchdog:
         if self._last_error is not None:
             log.info("event=sample_recovered")
             self._last_error = None
+        self._arm_events(system)
         assessment = self.classifier.assess(system, now)
         processes = {t.key: self._live(t, by_pid[t.pid]) for t in targets}
         self._managed = tuple(t for t in targets if isinstance(t, Target))
@@ -517,6 +519,30 @@ class Watchdog:
         self._state = state
         self._notify(state, assessment, old)
         return state
+
+    def _arm_events(self, system: SystemMemory) -> None:
+        """Give the event source the available-memory thresholds (bytes) of this scope, so
+        that it wakes the loop as they are crossed; again whenever total or the policy
+        changes. A source that cannot take them (macOS, a test's) is left as it is."""
+        arm = getattr(self._events, "arm", None)
+        if arm is None or not system.total:
+            return
+        policy = self.classifier.policy
+        key = (system.total, policy.warning_available, policy.critical_available)
+        if key == self._armed:
+            return
+        self._armed = key
+        warning = int(policy.warning_available * system.total)
+        critical = int(policy.critical_available * system.total)
+        try:
+            arm(warning, critical, min_period=0.01, max_period=min(1.0, self.interval))
+        except (Error, OSError, ValueError) as exc:
+            log.info("event=event_thresholds_unavailable error=%r", exc)
+            return
+        log.info(
+            "event=event_thresholds warning_available=%d critical_available=%d sources=%s",
+            warning, critical, ",".join(sorted(getattr(self._events, "sources", ()))) or "-",
+        )  # fmt: skip
 
     def _live(
         self, target: TargetLike, sample: ProcessMemory | Error | OSError
@@ -805,14 +831,17 @@ class Watchdog:
         try:
             while not self._stop.is_set():
                 state = self.tick()
-                deadline = self._clock() + state.interval
+                ticked = self._clock()
+                deadline = ticked + state.interval
                 while not self._stop.is_set():
                     remaining = deadline - self._clock()
                     if remaining <= 0:
                         break
                     ready = sel.select(remaining)
                     if any(key.data == "events" for key, _ in ready) and self._on_event(sel):
-                        break
+                        # At once, but at most one tick per min_interval: a storm of events
+                        # (vmpressure under heavy reclaim) must not become a busy loop.
+                        deadline = min(deadline, ticked + self.min_interval)
         finally:
             sel.close()
 
