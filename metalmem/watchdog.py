@@ -25,7 +25,7 @@ from .eviction import EvictionMode, Plan, Planner, SkipReason
 from .gate import Refusal, SafetyGate
 from .level import Level
 from .limits import MAX_INTERVAL, check_duration
-from .pressure import Assessment, Classifier
+from .pressure import RECLAIM_SECONDS, Assessment, Classifier
 from .process import DEFAULT_KILL_TIMEOUT, StopRecord, StopResult, stop
 from .procstate import is_zombie
 from .sampler import ProcessMemory, Sampler, SystemMemory
@@ -332,6 +332,8 @@ class Watchdog:
         self._notifier: _Notifier | None = None
         self._last_error: str | None = None
         self._armed: tuple[int, float, float] | None = None
+        self._max_fall = 0.0  # the fastest fall of available memory seen, bytes per second
+        self._last_available: tuple[float, int] | None = None
         self._level = Level.NORMAL
         self.planner = planner
         self._stopper: Stopper = stopper or self._signal_stop
@@ -433,23 +435,41 @@ class Watchdog:
         self.stop()
 
     # --- the loop ---------------------------------------------------------------------------
-    def next_wait(self, assessment: Assessment | None) -> float:
-        """How long to wait before the next tick: shorter as headroom shrinks.
+    def next_wait(self, assessment: Assessment | None, system: SystemMemory | None = None) -> float:
+        """How long to wait before the next tick: shorter as headroom shrinks (earlyoom).
 
-        NORMAL waits ``interval``; WARNING a quarter of it; CRITICAL ``min_interval``. A
-        forecast of exhaustion within ten intervals also shortens the wait to a tenth of the
-        forecast (earlyoom's sleep_time_ms idea with a measured slope instead of a guessed fill
-        rate). Always clamped to [min_interval, interval].
+        NORMAL waits ``interval``; WARNING a quarter of it; CRITICAL ``min_interval``. The
+        physical bound comes next: the headroom above the critical threshold lasts
+        ``headroom / rate`` at the fastest fall of available memory seen so far, and the wait
+        is at most half of that, so at least two samples land before it could be gone
+        (earlyoom's sleep_time_ms with a measured fill rate instead of a guessed one). A
+        forecast of the critical threshold within ten intervals also shortens the wait to a
+        tenth of the forecast. Always clamped to [min_interval, interval].
         """
         if assessment is None:
             return self.interval
         wait = {Level.NORMAL: self.interval, Level.WARNING: self.interval / 4}.get(
             assessment.level, self.min_interval
         )
+        if system is not None and self._max_fall > 0 and system.available is not None:
+            critical = self.classifier.policy.critical_available * (system.total or 0)
+            wait = min(wait, max(0.0, system.available - critical) / self._max_fall / 2)
         forecast = assessment.forecast_seconds
         if forecast is not None and forecast < 10 * self.interval:
             wait = min(wait, forecast / 10)
         return max(self.min_interval, min(self.interval, wait))
+
+    def _note_fall(self, system: SystemMemory) -> None:
+        """Keep the fastest fall of available memory seen (bytes per second), from samples at
+        least 50 ms apart (closer ones turn a few pages of noise into a huge rate)."""
+        available, at = system.available, system.timestamp
+        last = self._last_available
+        if available is None:
+            return
+        if last is None or at - last[0] >= 0.05:
+            if last is not None and available < last[1] and at > last[0]:
+                self._max_fall = max(self._max_fall, (last[1] - available) / (at - last[0]))
+            self._last_available = (at, available)
 
     def _current_targets(self) -> tuple[TargetLike, ...]:
         t = self._targets
@@ -479,6 +499,9 @@ class Watchdog:
             log.info("event=sample_recovered")
             self._last_error = None
         self._arm_events(system)
+        self._note_fall(system)
+        if self.planner is not None:
+            self.classifier.stop_seconds = self.planner.policy.grace + RECLAIM_SECONDS
         assessment = self.classifier.assess(system, now)
         processes = {t.key: self._live(t, by_pid[t.pid]) for t in targets}
         self._managed = tuple(t for t in targets if isinstance(t, Target))
@@ -502,7 +525,7 @@ class Watchdog:
             counters=counters,
             heartbeat=now,
             started_at=self._state.started_at,
-            interval=self.next_wait(assessment),
+            interval=self.next_wait(assessment, system),
             sample_duration=duration,
             cpu_seconds=time.thread_time(),
             events=self._events is not None,
