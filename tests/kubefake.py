@@ -50,6 +50,7 @@ import queue
 import re
 import socket
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -154,6 +155,8 @@ class Request:
     resource: str  # plural, with "/status" for the subresource
     namespace: str | None
     name: str | None
+    at: float = dataclasses.field(default_factory=time.monotonic, compare=False)
+    """When it was answered (CLOCK_MONOTONIC: comparable with any process's monotonic time)."""
 
 
 # --- the CRD -----------------------------------------------------------------------------------
