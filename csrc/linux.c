@@ -334,19 +334,30 @@ static int scan_kv_plain(const char *s, const char *nl, const char **key_end, ui
     return 0;
 }
 
-/* Linux vmstat counts pgpgout in KiB (mm/vmstat.c halves sectors) and pswpout in pages. */
+/* Linux "page-outs" are memory signals only: pages the kernel evicted and then had to read
+   back because they were still in use, workingset_refault_anon + workingset_refault_file
+   (mm/workingset.c; one workingset_refault counter before 5.9), in pages. Not pgpgout: it
+   counts every block written (KiB), so a plain fsynced write or a model download read as
+   pressure (issue 14). Not pgsteal: it counts clean cache dropped to make room for such a
+   write. A refault means the working set no longer fits: pressure by construction, the same
+   events PSI's memory stall accounting is built on. pswpout (pages) is the swap-out rate. */
 static int parse_vmstat_paged(const char *buf, size_t len, uint64_t page_size,
                               struct mm_system *out)
 {
     const char *s = buf, *end = buf + len, *nl, *ke;
-    uint64_t v;
+    uint64_t v, refaults = 0;
+    int split = 0, single = 0;
     for (; s < end && (nl = line_end(s, end)) != NULL; s = nl + 1) {
         if (scan_kv_plain(s, nl, &ke, &v) != 0)
             continue;
-        if (key_is(s, ke, "pgpgout") && !(out->have & MM_HAVE_PAGEOUTS) &&
-            v <= UINT64_MAX / 1024) {
-            out->pageouts = v * 1024;
-            out->have |= MM_HAVE_PAGEOUTS;
+        if ((key_is(s, ke, "workingset_refault_anon") ||
+             key_is(s, ke, "workingset_refault_file")) && split < 2 &&
+            v <= UINT64_MAX / 2 - refaults) {
+            refaults = split ? refaults + v : v;
+            split++;
+        } else if (key_is(s, ke, "workingset_refault") && !single && !split) {
+            refaults = v;
+            single = 1;
         } else if (key_is(s, ke, "pswpout") && !(out->have & MM_HAVE_SWAPOUTS) &&
                    v <= UINT64_MAX / page_size) {
             out->swapouts = v * page_size;
@@ -355,6 +366,10 @@ static int parse_vmstat_paged(const char *buf, size_t len, uint64_t page_size,
             out->oom_kills = v;
             out->have |= MM_HAVE_OOM_KILLS;
         }
+    }
+    if ((split == 2 || (single && !split)) && refaults <= UINT64_MAX / page_size) {
+        out->pageouts = refaults * page_size;
+        out->have |= MM_HAVE_PAGEOUTS;
     }
     return 0;
 }

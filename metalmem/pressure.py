@@ -83,7 +83,8 @@ class Signal(enum.StrEnum):
     SWAPOUT_RATE = "swapout.rate"
     """Bytes swapped out per second, from the cumulative counter (higher is worse)."""
     PAGEOUT_RATE = "pageout.rate"
-    """Bytes paged out per second, from the cumulative counter (higher is worse)."""
+    """Bytes paged out per second, from the cumulative counter (higher is worse). macOS:
+    ``vm_stat`` pageouts; Linux: workingset refaults (memory signals only, never block I/O)."""
     FORECAST = "forecast"
     """Seconds until available reaches the critical threshold at the trend (lower is worse)."""
 
@@ -169,7 +170,8 @@ class PressurePolicy:
     critical_swapout_rate: float | None = 64.0 * _MiB
     """CRITICAL (soft) at this swap-out rate."""
     warning_pageout_rate: float | None = 64.0 * _MiB
-    """WARNING at this page-out rate; Linux ``pgpgout`` counts every block write, so high."""
+    """WARNING at this page-out rate. Linux: the workingset refault rate (pages evicted and
+    read back while still in use), not ``pgpgout``, which counts every block write."""
     critical_pageout_rate: float | None = None
     """Off by default: page-out alone is too ambiguous to act on."""
     warning_forecast: float | None = 60.0
