@@ -69,8 +69,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/agent_bench.py --json benchmarks/agent.json
 	$(PY) benchmarks/reaction.py --json benchmarks/reaction.json
 	$(PY) benchmarks/http_load.py --json benchmarks/http_load.json
+	$(PY) benchmarks/race.py --json benchmarks/race.json
 	$(PY) benchmarks/report.py benchmarks/results.json --agent benchmarks/agent.json \
-		--reaction benchmarks/reaction.json --http benchmarks/http_load.json --write docs/performance.md
+		--reaction benchmarks/reaction.json --http benchmarks/http_load.json \
+		--race benchmarks/race.json --write docs/performance.md
 
 clean:
 	rm -rf build dist *.egg-info metalmem/_native*.so metalmem/_native.c metalmem/_native.o

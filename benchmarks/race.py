@@ -126,7 +126,11 @@ class OomWatch:
 
 
 @contextlib.contextmanager
-def _agent(cg: Any, work: pathlib.Path, high: int, batch: int) -> Iterator[subprocess.Popen[bytes]]:
+def _agent(
+    cg: Any, work: pathlib.Path, high: int, batch: int, *, scope: str | None = ""
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The real agent, defaults but for the scope (the group's unless ``scope`` is None: the
+    host) and the two pinned targets; yields once it has armed its event thresholds."""
     config = work / "agent.toml"
     config.write_text(
         f'[[target]]\nname = "high"\npid = {high}\npriority = "high"\n\n'
@@ -135,7 +139,8 @@ def _agent(cg: Any, work: pathlib.Path, high: int, batch: int) -> Iterator[subpr
     log = work / "agent.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [AGENT, "run", "--listen", "127.0.0.1:0", "--no-kube", "--scope", cg.scope,
+            [AGENT, "run", "--listen", "127.0.0.1:0", "--no-kube",
+             *(["--scope", scope or cg.scope] if scope is not None else []),
              "--eviction-enabled", "--config", str(config), "--state-dir", str(work / "state")],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -229,6 +234,34 @@ def run_once(method: str, step: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads (the loop, the event thread, HTTP)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def normal_cost(seconds: float) -> dict[str, Any]:
+    """The agent's whole-process CPU at NORMAL with its defaults, on the host scope and on an
+    idle 1 GiB v1 cgroup scope holding the two targets: percent of one core."""
+    from tests import cgroups
+
+    out: dict[str, Any] = {"seconds": seconds}
+    with tempfile.TemporaryDirectory(prefix="metalmem-race-") as tmp:
+        work = pathlib.Path(tmp)
+        with cgroups.memory_cgroup(LIMIT) as cg:
+            high = _child(cg, [TARGET, str(work / "high"), str(HIGH_MIB)])
+            batch = _child(cg, [TARGET, str(work / "batch"), str(BATCH_MIB)])
+            for name, scope in (("cgroup", cg.scope), ("host", None)):
+                with _agent(cg, work, high.pid, batch.pid, scope=scope) as agent:
+                    time.sleep(3.0)  # past start-up
+                    c0, t0 = _cpu_seconds(agent.pid), time.monotonic()
+                    time.sleep(seconds)
+                    c1, t1 = _cpu_seconds(agent.pid), time.monotonic()
+                out[name] = {"core_percent": round((c1 - c0) / (t1 - t0) * 100, 4)}
+                print(f"normal cost {name}: {json.dumps(out[name])}", flush=True)
+    return out
+
+
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     done = [r for r in runs if "error" not in r]
     times = [r["start_to_sigterm_ms"] for r in done if r["start_to_sigterm_ms"] is not None]
@@ -253,6 +286,7 @@ def main() -> None:
     ap.add_argument("--rates", default=",".join(map(str, RATES)))
     ap.add_argument("--methods", default="metalmem,kernel,llmkube")
     ap.add_argument("--seed", type=int, default=14)
+    ap.add_argument("--cost-seconds", type=float, help="NORMAL cost window (60; quick 5; 0: off)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     runs = args.runs or (2 if QUICK else 20)
@@ -269,6 +303,9 @@ def main() -> None:
         if reason:
             doc["skipped"] = reason
     if "skipped" not in doc:
+        cost = args.cost_seconds if args.cost_seconds is not None else (5.0 if QUICK else 60.0)
+        if cost > 0:
+            doc["normal_cost"] = normal_cost(cost)
         for method in args.methods.split(","):
             for step in map(int, args.rates.split(",")):
                 n = runs if method == "metalmem" else base_runs

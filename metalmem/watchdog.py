@@ -586,15 +586,7 @@ class Watchdog:
             events=self._events is not None,
             mode=self.mode,
             plan=plan,
-            blocked=self._blocks.keys(),
-            settling=self._settle.key if self._settle is not None else None,
-            evictions=tuple(self._evictions),
-            skips=tuple(self._skips),
-            eviction_counts=dict(self._eviction_counts),
-            skip_counts=dict(self._skip_counts),
-            reclaimed_total=self._reclaimed_total,
-            stopping=self._stopping_key(),
-            busy_until=self._inflight.deadline if self._inflight is not None else None,
+            **self._eviction_fields(),
         )
         # Publish, then act: the State, the level change and "evicting" go out before the
         # stop's first signal (the stop thread waits for the notifier to deliver them).
@@ -879,22 +871,24 @@ class Watchdog:
             self._evictions.append(rec)
             self._post_all(self.listeners.on_eviction, rec)
 
-    def _stopping_key(self) -> str | None:
-        return self._inflight.victim.key if self._inflight is not None else None
+    def _eviction_fields(self) -> dict[str, Any]:
+        """The State's eviction fields as they stand now."""
+        flight = self._inflight
+        return {
+            "blocked": self._blocks.keys(),
+            "settling": self._settle.key if self._settle is not None else None,
+            "evictions": tuple(self._evictions),
+            "skips": tuple(self._skips),
+            "eviction_counts": dict(self._eviction_counts),
+            "skip_counts": dict(self._skip_counts),
+            "reclaimed_total": self._reclaimed_total,
+            "stopping": flight.victim.key if flight is not None else None,
+            "busy_until": flight.deadline if flight is not None else None,
+        }
 
     def _republish(self) -> None:
         """The State again after a stop ended inside the tick that started it."""
-        self._state = dataclasses.replace(
-            self._state,
-            blocked=self._blocks.keys(),
-            settling=self._settle.key if self._settle is not None else None,
-            evictions=tuple(self._evictions),
-            skips=tuple(self._skips),
-            eviction_counts=dict(self._eviction_counts),
-            skip_counts=dict(self._skip_counts),
-            stopping=self._stopping_key(),
-            busy_until=None,
-        )
+        self._state = dataclasses.replace(self._state, **self._eviction_fields())
 
     def _check_settle(self, system: SystemMemory, now: float) -> None:
         """End the settle phase once memory came back (a share of the footprint) or timed out."""
