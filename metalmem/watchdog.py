@@ -198,6 +198,8 @@ class _InFlight:
 PUBLISH_TIMEOUT = 1.0
 # The shortest wait the headroom bound may ask for (next_wait): a tick costs ~0.2 ms.
 MIN_WAIT = 0.01
+# How long the fastest fall seen bounds the wait: a model load an hour ago says nothing of now.
+FALL_MEMORY = 600.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -367,6 +369,7 @@ class Watchdog:
         self._last_error: str | None = None
         self._armed: tuple[int, float, float, int] | None = None
         self._max_fall = 0.0  # the fastest fall of available memory seen, bytes per second
+        self._max_fall_at = 0.0  # when it was seen
         self._last_available: tuple[float, int] | None = None
         self._level = Level.NORMAL
         self.planner = planner
@@ -498,28 +501,37 @@ class Watchdog:
             assessment.level, self.min_interval
         )
         floor = self.min_interval
-        if system is not None and self._max_fall > 0 and system.available is not None:
-            critical = self.classifier.policy.critical_available * (system.total or 0)
-            bound = max(0.0, system.available - critical) / self._max_fall / 2
-            wait = min(wait, bound)
-            # The physical bound may go below min_interval (10 ms at least): at 2 GiB/s,
-            # 100 MiB of headroom last 50 ms.
-            floor = max(MIN_WAIT, min(floor, bound))
+        fall = self._max_fall if system is not None else 0.0
+        if fall > 0 and system is not None and system.available is not None:
+            headroom = system.available - self.classifier.policy.critical_available * (
+                system.total or 0
+            )
+            if headroom > 0:  # below the threshold the level itself sets the pace
+                bound = headroom / fall / 2
+                wait = min(wait, bound)
+                # It may go below min_interval (10 ms at least): at 2 GiB/s, 100 MiB of
+                # headroom last 50 ms.
+                floor = max(MIN_WAIT, min(floor, bound))
         forecast = assessment.forecast_seconds
         if forecast is not None and forecast < 10 * self.interval:
             wait = min(wait, forecast / 10)
         return max(floor, min(self.interval, wait))
 
     def _note_fall(self, system: SystemMemory) -> None:
-        """Keep the fastest fall of available memory seen (bytes per second), from samples at
-        least 50 ms apart (closer ones turn a few pages of noise into a huge rate)."""
+        """Keep the fastest fall of available memory seen in the last :data:`FALL_MEMORY`
+        seconds (bytes per second), from samples at least 50 ms apart (closer ones turn a
+        few pages of noise into a huge rate)."""
         available, at = system.available, system.timestamp
         last = self._last_available
         if available is None:
             return
+        if at - self._max_fall_at > FALL_MEMORY:
+            self._max_fall = 0.0
         if last is None or at - last[0] >= 0.05:
             if last is not None and available < last[1] and at > last[0]:
-                self._max_fall = max(self._max_fall, (last[1] - available) / (at - last[0]))
+                rate = (last[1] - available) / (at - last[0])
+                if rate >= self._max_fall:
+                    self._max_fall, self._max_fall_at = rate, at
             self._last_available = (at, available)
 
     def _current_targets(self) -> tuple[TargetLike, ...]:

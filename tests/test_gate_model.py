@@ -16,6 +16,7 @@ stopped target's respawn block holds until a NORMAL phase.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import signal
 import sys
@@ -54,6 +55,9 @@ CALM = PressurePolicy(
     **QUIET,  # type: ignore[arg-type]
 )
 RUNS: list[int] = []  # one entry per sequence run, for the report
+# In the children's command lines: a cmdline spec must match this run's children only, not
+# those of another run of this test on the same host (they were adopted and signalled).
+MARK = f"{os.getpid()}"
 
 
 @dataclasses.dataclass
@@ -75,7 +79,9 @@ class Role:
 
     def spec(self) -> TargetSpec:
         how: dict[str, Any] = (
-            {"pid": self.child.pid} if self.by == "pid" else {"cmdline": rf"--mm-{self.name}\b"}
+            {"pid": self.child.pid}
+            if self.by == "pid"
+            else {"cmdline": rf"--mm-{MARK}-{self.name}\b"}
         )
         return TargetSpec(
             name=self.name, namespace=NS if self.kube else None, priority=Priority(self.priority),
@@ -104,6 +110,7 @@ class World:
         self.tracker = TargetTracker(
             self.sampler, self._specs(), discover_pattern=None, pins=PinStore(state)
         )
+        self.tracker.refresh()  # as Agent.__init__ does, before anything runs
         options = KubeOptions(
             kubeconfig=str(self.kubeconfig), node_name="node-1", refresh=0.2,
             request_timeout=2.0, backoff_initial=0.05, backoff_max=0.2, suspend_grace=0.2,
@@ -152,7 +159,9 @@ class World:
     def spawn(self, priority: str, protected: bool, by: str, kube: bool, kprot: bool) -> None:
         self.n += 1
         name = f"m{self.n}"
-        child = spawn_child(allocate_mib=4, signal_log=self.tmp / name, args=[f"--mm-{name}"])
+        child = spawn_child(
+            allocate_mib=4, signal_log=self.tmp / name, args=[f"--mm-{MARK}-{name}"]
+        )
         role = Role(name, child, priority=priority, protected=protected, kube=kube, by=by,
                     kube_protected=kube and kprot)  # fmt: skip
         if kube:
@@ -196,6 +205,9 @@ class World:
 
     def reload(self) -> None:
         self.tracker.configure(self._specs(), None)
+        # The agent's next tick refreshes (within one interval): a new pid spec is pinned to
+        # the process it names then, not to whatever holds the pid after later steps.
+        self.tracker.refresh()
 
     def restart(self) -> None:
         self.reporter.stop()
