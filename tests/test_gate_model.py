@@ -224,6 +224,8 @@ class World:
             self.fake.patch(NS, r.name, {"spec": {"evictionProtection": True}})
 
     def phase(self, critical: bool) -> None:
+        if critical:  # from what is available now: others' memory on a shared host moves
+            self.critical = _critical_now(self.sampler, transition_period=0.0)
         self.dog.classifier.set_policy(self.critical if critical else CALM)
         self.dog.planner.pressure = self.critical if critical else CALM  # type: ignore[union-attr]
         for _ in range(6):
