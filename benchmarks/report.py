@@ -72,6 +72,8 @@ class Run:
         v = (side.get(name) or {}).get(key)
         return float(v) if v is not None else None
 
+    race: dict[str, Any] | None = None
+
     def median(self, test: str, **params: object) -> float | None:
         """Median seconds of ``test_<test>`` with exactly these params (None: not run)."""
         for b in self.results.get("benchmarks", []):
@@ -1116,7 +1118,8 @@ prometheus-node-exporter and earlyoom, installed by it with apt-get where it can
 discovery at 64 processes),
 `benchmarks/agent_bench.py` (`benchmarks/agent.json`), `benchmarks/reaction.py`
 (`benchmarks/reaction.json`), `benchmarks/http_load.py` (`benchmarks/http_load.json`; needs
-Debian's `wrk` for its throughput rows), and `benchmarks/report.py`, which prints the ratios and
+Debian's `wrk` for its throughput rows), `benchmarks/race.py` (`benchmarks/race.json`; root
+and a memory cgroup; about 12 minutes), and `benchmarks/report.py`, which prints the ratios and
 writes
 this page and `docs/{PLOT_NAME}`. Switches (environment variables):
 
@@ -1168,6 +1171,10 @@ back-to-back figures follow as context rows.
 ## Real llama-server
 
 {real_section(run.real)}
+
+## Race against the OOM killer
+
+{race_section(run.race)}
 
 ## Every measurement
 
@@ -1275,6 +1282,60 @@ def real_section(doc: dict[str, Any] | None) -> str:
     )
 
 
+_RACE_METHODS = {
+    "metalmem": "metalmem, defaults (2 s interval, events)",
+    "kernel": "kernel only (no agent)",
+    "llmkube": "LLMKube method (10 s polling)",
+}
+
+
+_RACE_HEADER = [
+    "method", "growth", "won", "→ SIGTERM median", "max", "runs with an OOM kill",
+    "→ OOM kill median", "high-priority killed",
+]  # fmt: skip
+
+
+def _ms_cell(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f} ms"
+
+
+def race_section(doc: dict[str, Any] | None) -> str:
+    """benchmarks/race.py's figures: per method and growth rate, runs won (the batch target
+    SIGTERMed before any OOM kill, the high-priority one untouched) and growth start ->
+    SIGTERM; the kernel's OOM kill time beside them; the agent's NORMAL cost."""
+    if doc is None:
+        return "Pending: `benchmarks/race.py` did not run."
+    if "skipped" in doc:
+        return f"Skipped: {doc['skipped']}."
+    rows = []
+    for key, part in doc["results"].items():
+        method, rate = key.split("/")
+        s = part["summary"]
+        rows.append([
+            _RACE_METHODS.get(method, method), f"{rate} MiB / 100 ms",
+            f"{s['wins']} of {s['runs']}" + (f" ({s['errors']} failed)" if s["errors"] else ""),
+            _ms_cell(s["sigterm_median_ms"]), _ms_cell(s["sigterm_max_ms"]),
+            f"{s['oom_runs']}", _ms_cell(s["oom_median_ms"]), f"{s['high_killed']}",
+        ])  # fmt: skip
+    out = (
+        f"A {doc['limit_mib']} MiB memory cgroup holds a high-priority target "
+        f"({doc['high_mib']} MiB), a batch target ({doc['batch_mib']} MiB) and an unmanaged "
+        f"process that, at a random moment, grows by the rate shown up to +{doc['grow_mib']} "
+        "MiB: more than fits beside both targets, less than fits without the batch one. A run "
+        "is won when the batch target got SIGTERM before any OOM kill in the group and the "
+        "high-priority target was never signalled or killed. Times are from the growth's "
+        "start.\n\n" + _table(_RACE_HEADER, rows)
+    )
+    cost = doc.get("normal_cost")
+    if cost:
+        out += (
+            f"\n\nThe agent's own CPU at NORMAL with its defaults, whole process, over "
+            f"{cost['seconds']:g} s: {cost['cgroup']['core_percent']} % of one core on the idle "
+            f"cgroup scope, {cost['host']['core_percent']} % on the host scope."
+        )
+    return out
+
+
 _SCALE_ROW = re.compile(r"^\| (\d+) \| ([\d,.]+) µs \|", re.M)
 _MACHINE_ROW = re.compile(r"^\| (CPU|cores) \| (.+?) \|$", re.M)
 
@@ -1308,6 +1369,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--real", help="benchmarks/real_server.py's JSON")
     ap.add_argument("--cadence", help="benchmarks/cadence.py's JSON")
     ap.add_argument("--peers", help="benchmarks/peers.py's JSON")
+    ap.add_argument("--race", help="benchmarks/race.py's JSON")
     ap.add_argument("--write", metavar="DOC", help="write the page here, its plot beside it")
     ap.add_argument(
         "--plot-from-page",
@@ -1333,6 +1395,7 @@ def main(argv: list[str] | None = None) -> None:
         real=_load(args.real),
         cadence=_load(args.cadence),
         peers=_load(args.peers),
+        race=_load(args.race),
     )
     rows = goals(run)
     print_console(run, rows)

@@ -232,6 +232,7 @@ class HostFacts:
     boot_plist: BootPlist | None = None
     psi_trigger_error: str | None = None
     psi_trigger_errno: int | None = None
+    event_sources: tuple[str, ...] | None = None
     cgroup: CgroupLayout | None = None
     nvidia_driver: bool = False
     targets: int = 0
@@ -652,6 +653,29 @@ def check_psi_trigger(facts: HostFacts) -> Result:
     return Verdict.WARN, finding, fix
 
 
+_SOURCE_TEXT = {
+    "psi": "PSI triggers",
+    "v1_pressure_level": "cgroup v1 memory.pressure_level",
+    "v1_usage": "cgroup v1 usage thresholds at the WARNING and CRITICAL available memory",
+    "watch": "a headroom-paced poll of available memory (no kernel notification for it here)",
+}
+
+
+def check_events(facts: HostFacts) -> Result:
+    """What wakes the loop between ticks; without any, only the adaptive interval does."""
+    sources = facts.event_sources
+    if sources is None:
+        return Verdict.WARN, "event sources unknown", None
+    if not sources:
+        return (
+            Verdict.WARN,
+            "no event source: the loop only polls, its interval shortening as headroom "
+            "shrinks (down to 100 ms)",
+            "see psi.trigger; a cgroup v1 scope needs a writable cgroup.event_control",
+        )
+    return Verdict.OK, "the loop wakes on " + "; ".join(_SOURCE_TEXT[s] for s in sources), None
+
+
 def check_cgroup(facts: HostFacts) -> Result:
     """Which cgroup files a ``--scope`` reads depends on the hierarchy version."""
     layout = facts.cgroup
@@ -858,6 +882,7 @@ CHECKS: tuple[Check, ...] = (
     Check("swap", EVERYWHERE, check_swap),
     Check("psi", LINUX, check_psi),
     Check("psi.trigger", LINUX, check_psi_trigger),
+    Check("events", LINUX, check_events),
     Check("cgroup", LINUX, check_cgroup),
     Check("targets.sized", EVERYWHERE, check_targets_sized),
     Check("agent.priority", EVERYWHERE, check_agent_priority),
@@ -1278,9 +1303,18 @@ def gather_facts(
         )
     if platform == "linux":
         try:
-            sampler.events().close()
+            with sampler.events() as ev:
+                if system is not None and system.total:
+                    ev.arm(
+                        int(pressure.warning_available * system.total),
+                        int(pressure.critical_available * system.total),
+                    )
+                facts["event_sources"] = tuple(sorted(ev.sources))
+                if ev.psi_error is not None:
+                    code = ev.psi_error
+                    facts.update(psi_trigger_error=os.strerror(code), psi_trigger_errno=code)
         except (metalmem.Error, OSError) as exc:
-            facts.update(psi_trigger_error=str(exc), psi_trigger_errno=exc.errno)
+            facts.update(psi_trigger_error=str(exc), psi_trigger_errno=exc.errno, event_sources=())
         try:
             with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
                 facts["cgroup"] = cgroup_layout(f.read())

@@ -949,3 +949,25 @@ void mm_events_close(mm_events *ev)
     close_fd(&ev->pipe_w);
     free(ev);
 }
+
+/* The OS decides when the dispatch source fires: there are no thresholds to arm here. */
+int mm_events_arm(mm_events *ev, uint64_t warning_available, uint64_t critical_available,
+                  double min_period, double max_period)
+{
+    (void)ev, (void)warning_available, (void)critical_available, (void)min_period,
+        (void)max_period;
+    return -ENOTSUP;
+}
+
+uint32_t mm_events_sources(mm_events *ev, int32_t *psi_err)
+{
+    (void)ev;
+    *psi_err = ENOTSUP;
+    return MM_SRC_DISPATCH;
+}
+
+uint64_t mm_events_polls(mm_events *ev)
+{
+    (void)ev;
+    return 0;
+}

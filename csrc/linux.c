@@ -49,7 +49,7 @@ enum {
     CALL_NONE, CALL_OPEN_ROOT, CALL_OPEN_MEMINFO, CALL_READ_MEMINFO, CALL_OPEN_SCOPE,
     CALL_READ_CGROUP, CALL_OPEN_PROC, CALL_OPEN_STATM, CALL_READ_STATM, CALL_READ_STAT,
     CALL_READ_STATUS, CALL_NVML_INIT, CALL_NVML_DEVICE, CALL_NVML_MEMORY, CALL_OPEN_PSI,
-    CALL_WRITE_TRIGGER, CALL_PIPE, CALL_THREAD, CALL_ALLOC, CALL_COUNT
+    CALL_WRITE_TRIGGER, CALL_PIPE, CALL_THREAD, CALL_ALLOC, CALL_OPEN_EVENTS, CALL_COUNT
 };
 
 static const char *const call_names[CALL_COUNT] = {
@@ -57,7 +57,7 @@ static const char *const call_names[CALL_COUNT] = {
     "open /proc/PID", "open statm", "read statm", "read stat", "read status",
     "nvmlInit_v2 failed", "nvmlDeviceGetHandleByIndex_v2 failed",
     "nvmlDeviceGetMemoryInfo_v2 failed", "open PSI file", "write PSI trigger",
-    "pipe", "start event thread", "allocate",
+    "pipe", "start event thread", "allocate", "open event source",
 };
 
 /* NVML, resolved with dlsym so the extension never links against libnvidia-ml. */
@@ -109,6 +109,7 @@ struct mm_handle {
     int cg_usage_fd, cg_limit_fd, cg_stat_fd, cg_events_fd;
     char proc[PATH_MAX];
     char psi_path[PATH_MAX];
+    char scope_dir[PATH_MAX]; /* the cgroup directory of a scope; "" for the host */
     uint64_t page_size;
     uint64_t ticks;
     struct mm_system slow;  /* vmstat / NVML / cgroup-event parts, refreshed per period */
@@ -344,19 +345,30 @@ static int scan_kv_plain(const char *s, const char *nl, const char **key_end, ui
     return 0;
 }
 
-/* Linux vmstat counts pgpgout in KiB (mm/vmstat.c halves sectors) and pswpout in pages. */
+/* Linux "page-outs" are memory signals only: pages the kernel evicted and then had to read
+   back because they were still in use, workingset_refault_anon + workingset_refault_file
+   (mm/workingset.c; one workingset_refault counter before 5.9), in pages. Not pgpgout: it
+   counts every block written (KiB), so a plain fsynced write or a model download read as
+   pressure (issue 14). Not pgsteal: it counts clean cache dropped to make room for such a
+   write. A refault means the working set no longer fits: pressure by construction, the same
+   events PSI's memory stall accounting is built on. pswpout (pages) is the swap-out rate. */
 static int parse_vmstat_paged(const char *buf, size_t len, uint64_t page_size,
                               struct mm_system *out)
 {
     const char *s = buf, *end = buf + len, *nl, *ke;
-    uint64_t v;
+    uint64_t v, refaults = 0;
+    int split = 0, single = 0;
     for (; s < end && (nl = line_end(s, end)) != NULL; s = nl + 1) {
         if (scan_kv_plain(s, nl, &ke, &v) != 0)
             continue;
-        if (key_is(s, ke, "pgpgout") && !(out->have & MM_HAVE_PAGEOUTS) &&
-            v <= UINT64_MAX / 1024) {
-            out->pageouts = v * 1024;
-            out->have |= MM_HAVE_PAGEOUTS;
+        if ((key_is(s, ke, "workingset_refault_anon") ||
+             key_is(s, ke, "workingset_refault_file")) && split < 2 &&
+            v <= UINT64_MAX / 2 - refaults) {
+            refaults = split ? refaults + v : v;
+            split++;
+        } else if (key_is(s, ke, "workingset_refault") && !single && !split) {
+            refaults = v;
+            single = 1;
         } else if (key_is(s, ke, "pswpout") && !(out->have & MM_HAVE_SWAPOUTS) &&
                    v <= UINT64_MAX / page_size) {
             out->swapouts = v * page_size;
@@ -365,6 +377,10 @@ static int parse_vmstat_paged(const char *buf, size_t len, uint64_t page_size,
             out->oom_kills = v;
             out->have |= MM_HAVE_OOM_KILLS;
         }
+    }
+    if ((split == 2 || (single && !split)) && refaults <= UINT64_MAX / page_size) {
+        out->pageouts = refaults * page_size;
+        out->have |= MM_HAVE_PAGEOUTS;
     }
     return 0;
 }
@@ -601,6 +617,7 @@ static int open_scope(mm_handle *h, const char *root, const char *scope, struct 
     dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0)
         return fail(err, CALL_OPEN_SCOPE, errno);
+    memcpy(h->scope_dir, dir, sizeof dir);
     h->cg_usage_fd = open_at(dfd, "memory.current");
     if (h->cg_usage_fd >= 0) {
         h->cg_kind = CG_V2;
@@ -744,7 +761,10 @@ uint64_t mm_capabilities(mm_handle *h)
 {
     uint64_t caps = 0;
     if (h->psi_fd >= 0)
-        caps |= MM_CAP_PSI | MM_CAP_EVENTS;
+        caps |= MM_CAP_PSI;
+    /* PSI triggers, v1 notifications, or the watch over meminfo (mm_events_open) */
+    if (h->psi_fd >= 0 || h->cg_kind == CG_V1 || h->meminfo_fd >= 0)
+        caps |= MM_CAP_EVENTS;
     if (h->cg_kind != CG_NONE)
         caps |= MM_CAP_CGROUP;
     if (h->nvml)
@@ -1284,21 +1304,63 @@ int mm_gpu(mm_handle *h, uint32_t index, struct mm_gpu *out, struct mm_error *er
 }
 
 /* ---------------------------------------------------------------------------------------
- * Pressure events. PSI signals POLLPRI, which selectors cannot wait for, and polling the
- * trigger clears it (psi_trigger_poll's cmpxchg), so an epoll fd in between would lose the
- * level. A small thread polls the triggers and writes one level byte per event into a
- * non-blocking pipe: the same shape as the macOS dispatch source. It never calls Python.
+ * Pressure events: every wake-up source the scope has, behind one readable pipe.
+ *
+ * PSI signals POLLPRI, which selectors cannot wait for, and polling the trigger clears it
+ * (psi_trigger_poll's cmpxchg), so an epoll fd in between would lose the level. A small thread
+ * polls the sources and writes one level byte per event into a non-blocking pipe: the same
+ * shape as the macOS dispatch source. It never calls Python. Sources (MM_SRC_*):
+ *
+ *  - PSI triggers on the scope's pressure file (host, cgroup v2, and v1 where the hybrid
+ *    unified tree has the group);
+ *  - cgroup v1: memory.pressure_level "medium" and "critical" (vmpressure: the share of
+ *    scanned pages that reclaim failed to free), and, once armed, memory.usage_in_bytes
+ *    thresholds, each registered through cgroup.event_control with its own eventfd; the
+ *    kernel checks thresholds as pages are charged, so a fast ramp is seen as it crosses;
+ *  - host and cgroup v2 have no kernel notification for available memory (MemAvailable is
+ *    computed on read; memory.events reports only high/max/oom, i.e. too late), so the
+ *    thread reads available itself at a period that follows the headroom (the watch).
  */
 
 #include <poll.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 
 #define MM_EVENT_GONE 0xff
+/* The watch assumes memory can fall at least this fast before it has seen a fall: a
+   process touching fresh anonymous pages on the reference machine does ~2 GiB/s (measured
+   with benchmarks/race.py's grower), so half of that keeps the first period honest. */
+#define MM_WATCH_PRIOR_RATE (1024.0 * 1024 * 1024)
+
+enum { EV_SOME, EV_FULL, EV_V1_MEDIUM, EV_V1_CRITICAL, EV_V1_WARN, EV_V1_CRIT, EV_STOP,
+       EV_NFDS };
+static const unsigned char ev_level[EV_NFDS] = {
+    MM_LEVEL_WARNING, MM_LEVEL_CRITICAL, MM_LEVEL_WARNING, MM_LEVEL_CRITICAL,
+    MM_LEVEL_NORMAL, MM_LEVEL_NORMAL, 0};
+
+enum { WATCH_NONE, WATCH_MEMINFO, WATCH_V2 };
 
 struct mm_events {
-    int some_fd, full_fd;
+    int fds[EV_NFDS];     /* -1 where absent; EV_STOP: the stop pipe's read end */
+    int stop_w;
     int pipe_r, pipe_w;   /* level bytes for the reader */
-    int stop_r, stop_w;   /* wakes the thread for shutdown */
+    int cg_kind;
+    int scope_dfd;        /* the cgroup directory (v1, v2), for arming */
+    int control_fd;       /* v1 cgroup.event_control */
+    int v1_level_fd, v1_usage_fd;
+    int meminfo_fd;       /* host meminfo (the watch of the host, or of an unlimited group) */
+    uint64_t host_total;
+    /* the watch */
+    int watch;            /* WATCH_* */
+    int watch_fd;         /* meminfo, or v2 memory.current */
+    uint64_t watch_limit; /* v2: the group's limit */
+    uint64_t warn, crit;
+    double min_period, max_period, period, max_rate, last_t;
+    uint64_t last_v;
+    int zone;             /* 0 above warning, 1 below it, 2 below critical; -1 unknown */
+    uint64_t polls;
+    uint32_t sources;
+    int32_t psi_err;
     pthread_t thread;
     int started;
 };
@@ -1337,68 +1399,318 @@ static void post(int fd, unsigned char level)
     /* EAGAIN: the pipe is full of unread events; the reader will see a level anyway. */
 }
 
+/* One cgroup v1 notification: "<eventfd> <fd of file> <args>" into cgroup.event_control.
+   Closing the eventfd later removes the registration (the kernel sees its POLLHUP). */
+static int v1_register(mm_events *ev, int file_fd, const char *args, int *efd_out)
+{
+    char msg[96];
+    int efd, n;
+    ssize_t w;
+    *efd_out = -1;
+    efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0)
+        return -errno;
+    n = snprintf(msg, sizeof msg, "%d %d %s", efd, file_fd, args);
+    do {
+        w = write(ev->control_fd, msg, (size_t)n);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0) {
+        int e = errno;
+        close(efd);
+        return -e;
+    }
+    *efd_out = efd;
+    return 0;
+}
+
+static double watch_value(mm_events *ev, uint64_t *v)
+{
+    char buf[MM_BUF];
+    ssize_t n = read_fd(ev->watch_fd, buf, sizeof buf);
+    if (n <= 0)
+        return -1;
+    if (ev->watch == WATCH_MEMINFO) {
+        uint64_t vals[MI_COUNT];
+        unsigned found = meminfo_scan(buf, (size_t)n, vals, NULL);
+        if (!(found & (1u << MI_AVAILABLE)))
+            return -1;
+        *v = vals[MI_AVAILABLE];
+    } else {
+        const char *s = buf;
+        uint64_t usage;
+        if (scan_u64(&s, buf + n, &usage) != 0)
+            return -1;
+        /* limit - usage: usage counts cache, so this is never above available */
+        *v = usage < ev->watch_limit ? ev->watch_limit - usage : 0;
+    }
+    ev->polls++;
+    return now_monotonic();
+}
+
+static int zone_of(const mm_events *ev, uint64_t v)
+{
+    return v < ev->crit ? 2 : v < ev->warn ? 1 : 0;
+}
+
+/* Read available, post a wake-up on a change of zone, and set the next period: a quarter of
+   the time the headroom above the critical threshold lasts at the fastest fall seen. */
+static void watch_poll(mm_events *ev, int post_changes)
+{
+    uint64_t v;
+    double t = watch_value(ev, &v), rate, period;
+    int zone;
+    if (t < 0) {
+        ev->period = ev->max_period;
+        return;
+    }
+    if (ev->last_t > 0 && t > ev->last_t && v < ev->last_v) {
+        rate = (double)(ev->last_v - v) / (t - ev->last_t);
+        if (rate > ev->max_rate)
+            ev->max_rate = rate;
+    }
+    ev->last_t = t;
+    ev->last_v = v;
+    zone = zone_of(ev, v);
+    if (post_changes && zone != ev->zone)
+        post(ev->pipe_w, MM_LEVEL_NORMAL);
+    ev->zone = zone;
+    period = v > ev->crit ? (double)(v - ev->crit) / ev->max_rate / 4 : 0;
+    if (period < ev->min_period)
+        period = ev->min_period;
+    if (period > ev->max_period)
+        period = ev->max_period;
+    ev->period = period;
+}
+
 static void *events_thread(void *arg)
 {
     mm_events *ev = arg;
-    struct pollfd fds[3] = {
-        {ev->some_fd, POLLPRI, 0}, {ev->full_fd, POLLPRI, 0}, {ev->stop_r, POLLIN, 0}};
+    struct pollfd fds[EV_NFDS];
+    double due = now_monotonic() + ev->period;
+    for (int i = 0; i < EV_NFDS; i++) {
+        fds[i].fd = ev->fds[i];
+        fds[i].events = (i == EV_SOME || i == EV_FULL) ? POLLPRI : POLLIN;
+        fds[i].revents = 0;
+    }
     for (;;) {
-        int n = poll(fds, 3, -1);
+        int timeout = -1, n;
+        if (ev->watch != WATCH_NONE) {
+            double left = due - now_monotonic();
+            timeout = left <= 0 ? 0 : (int)(left * 1000 + 0.999);
+        }
+        n = poll(fds, EV_NFDS, timeout);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             post(ev->pipe_w, MM_EVENT_GONE);
             return NULL;
         }
-        if (fds[2].revents)
+        if (fds[EV_STOP].revents)
             return NULL;
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < EV_STOP && n > 0; i++) {
             if (fds[i].revents & (POLLERR | POLLNVAL | POLLHUP)) {
-                post(ev->pipe_w, MM_EVENT_GONE);  /* the PSI source went away */
+                post(ev->pipe_w, MM_EVENT_GONE);  /* the source went away */
                 return NULL;
             }
-            if (fds[i].revents & POLLPRI)
-                post(ev->pipe_w, i == 0 ? MM_LEVEL_WARNING : MM_LEVEL_CRITICAL);
+            if (i == EV_SOME || i == EV_FULL) {
+                if (fds[i].revents & POLLPRI)
+                    post(ev->pipe_w, ev_level[i]);
+            } else if (fds[i].revents & POLLIN) {
+                uint64_t count;
+                ssize_t r = read(fds[i].fd, &count, sizeof count);
+                (void)r;  /* a v1 notification: also sent when the group is removed */
+                post(ev->pipe_w, ev_level[i]);
+            }
+        }
+        if (ev->watch != WATCH_NONE && now_monotonic() >= due) {
+            watch_poll(ev, 1);
+            due = now_monotonic() + ev->period;
         }
     }
+}
+
+static int events_start(mm_events *ev)
+{
+    int rc = pthread_create(&ev->thread, NULL, events_thread, ev);
+    if (rc == 0)
+        ev->started = 1;
+    return rc;
+}
+
+static void events_halt(mm_events *ev)
+{
+    unsigned char buf[16];
+    if (!ev->started)
+        return;
+    post(ev->stop_w, 1);
+    pthread_join(ev->thread, NULL);
+    ev->started = 0;
+    while (read(ev->fds[EV_STOP], buf, sizeof buf) > 0)
+        ;
+}
+
+static uint64_t scope_limit(mm_events *ev, const char *name)
+{
+    char buf[64];
+    const char *s = buf;
+    uint64_t v;
+    ssize_t n = read_path_at(ev->scope_dfd, name, buf, sizeof buf);
+    if (n <= 0 || scan_u64(&s, buf + n, &v) != 0)
+        return 0;  /* "max", or unreadable: no limit of its own */
+    return v;
 }
 
 int mm_events_open(mm_handle *h, uint32_t some_us, uint32_t full_us, uint32_t window_us,
                    mm_events **out, struct mm_error *err)
 {
     mm_events *ev;
+    char path[PATH_MAX + 16];
     int p[2], q[2], rc;
     *out = NULL;
-    if (!h->psi_path[0])
-        return fail(err, CALL_OPEN_PSI, ENOTSUP);
     ev = calloc(1, sizeof *ev);
     if (!ev)
         return fail(err, CALL_ALLOC, ENOMEM);
-    ev->some_fd = ev->full_fd = ev->pipe_r = ev->pipe_w = ev->stop_r = ev->stop_w = -1;
-    if ((rc = psi_trigger(h->psi_path, "some", some_us, window_us, &ev->some_fd)) != 0 ||
-        (rc = psi_trigger(h->psi_path, "full", full_us, window_us, &ev->full_fd)) != 0) {
-        rc = fail(err, CALL_WRITE_TRIGGER, -rc);
+    for (int i = 0; i < EV_NFDS; i++)
+        ev->fds[i] = -1;
+    ev->stop_w = ev->pipe_r = ev->pipe_w = ev->scope_dfd = ev->control_fd = -1;
+    ev->v1_level_fd = ev->v1_usage_fd = ev->meminfo_fd = ev->watch_fd = -1;
+    ev->cg_kind = h->cg_kind;
+    ev->zone = -1;
+    ev->max_rate = MM_WATCH_PRIOR_RATE;
+    ev->min_period = ev->max_period = ev->period = 1.0;
+
+    ev->psi_err = ENOTSUP;
+    if (h->psi_path[0]) {
+        if ((rc = psi_trigger(h->psi_path, "some", some_us, window_us, &ev->fds[EV_SOME])) != 0 ||
+            (rc = psi_trigger(h->psi_path, "full", full_us, window_us, &ev->fds[EV_FULL])) != 0) {
+            ev->psi_err = -rc;
+            close_fd(&ev->fds[EV_SOME]);
+            close_fd(&ev->fds[EV_FULL]);
+        } else {
+            ev->psi_err = 0;
+            ev->sources |= MM_SRC_PSI;
+        }
+    }
+    if (h->scope_dir[0])
+        ev->scope_dfd = open(h->scope_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (h->cg_kind == CG_V1 && ev->scope_dfd >= 0) {
+        ev->control_fd = openat(ev->scope_dfd, "cgroup.event_control", O_WRONLY | O_CLOEXEC);
+        ev->v1_level_fd = open_at(ev->scope_dfd, "memory.pressure_level");
+        ev->v1_usage_fd = open_at(ev->scope_dfd, "memory.usage_in_bytes");
+        if (ev->control_fd >= 0 && ev->v1_level_fd >= 0 &&
+            v1_register(ev, ev->v1_level_fd, "medium", &ev->fds[EV_V1_MEDIUM]) == 0 &&
+            v1_register(ev, ev->v1_level_fd, "critical", &ev->fds[EV_V1_CRITICAL]) == 0)
+            ev->sources |= MM_SRC_V1_PRESSURE;
+        else {
+            close_fd(&ev->fds[EV_V1_MEDIUM]);
+            close_fd(&ev->fds[EV_V1_CRITICAL]);
+        }
+    }
+    if (snprintf(path, sizeof path, "%s/meminfo", h->proc) < (int)sizeof path)
+        ev->meminfo_fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (ev->meminfo_fd >= 0) {
+        uint64_t vals[MI_COUNT];
+        char buf[MM_BUF];
+        ssize_t n = read_fd(ev->meminfo_fd, buf, sizeof buf);
+        if (n > 0 && (meminfo_scan(buf, (size_t)n, vals, NULL) & (1u << MI_TOTAL)))
+            ev->host_total = vals[MI_TOTAL];
+    }
+    /* Nothing that can ever wake the reader: say why with the PSI trigger's error. */
+    if (!ev->sources && ev->meminfo_fd < 0 && ev->v1_usage_fd < 0) {
+        rc = fail(err, h->psi_path[0] ? CALL_WRITE_TRIGGER : CALL_OPEN_PSI, ev->psi_err);
         goto error;
     }
-    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0 || pipe2(q, O_NONBLOCK | O_CLOEXEC) != 0) {
+    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
         rc = fail(err, CALL_PIPE, errno);
         goto error;
     }
     ev->pipe_r = p[0];
     ev->pipe_w = p[1];
-    ev->stop_r = q[0];
+    if (pipe2(q, O_NONBLOCK | O_CLOEXEC) != 0) {
+        rc = fail(err, CALL_PIPE, errno);
+        goto error;
+    }
+    ev->fds[EV_STOP] = q[0];
     ev->stop_w = q[1];
-    if ((rc = pthread_create(&ev->thread, NULL, events_thread, ev)) != 0) {
+    if ((rc = events_start(ev)) != 0) {
         rc = fail(err, CALL_THREAD, rc);
         goto error;
     }
-    ev->started = 1;
     *out = ev;
     return 0;
 error:
     mm_events_close(ev);
     return rc;
 }
+
+int mm_events_arm(mm_events *ev, uint64_t warning_available, uint64_t critical_available,
+                  double min_period, double max_period)
+{
+    uint64_t limit = 0;
+    int rc = 0;
+    if (critical_available > warning_available || !(min_period > 0) ||
+        !(max_period >= min_period))
+        return -EINVAL;
+    events_halt(ev);
+    close_fd(&ev->fds[EV_V1_WARN]);
+    close_fd(&ev->fds[EV_V1_CRIT]);
+    close_fd(&ev->watch_fd);
+    ev->sources &= ~(uint32_t)(MM_SRC_V1_USAGE | MM_SRC_WATCH);
+    ev->watch = WATCH_NONE;
+    ev->warn = warning_available;
+    ev->crit = critical_available;
+    ev->min_period = min_period;
+    ev->max_period = max_period;
+    if (ev->cg_kind == CG_V1)
+        limit = scope_limit(ev, "memory.limit_in_bytes");
+    else if (ev->cg_kind == CG_V2)
+        limit = scope_limit(ev, "memory.max");
+    if (ev->host_total && limit >= ev->host_total)
+        limit = 0;  /* v1 prints "no limit" as a huge number: the host's memory is the bound */
+    if (ev->cg_kind == CG_V1 && limit && ev->control_fd >= 0 && ev->v1_usage_fd >= 0) {
+        char arg[32];
+        int ok = 1;
+        if (warning_available < limit) {
+            snprintf(arg, sizeof arg, "%llu", (unsigned long long)(limit - warning_available));
+            ok &= v1_register(ev, ev->v1_usage_fd, arg, &ev->fds[EV_V1_WARN]) == 0;
+        }
+        if (critical_available < limit && critical_available != warning_available) {
+            snprintf(arg, sizeof arg, "%llu", (unsigned long long)(limit - critical_available));
+            ok &= v1_register(ev, ev->v1_usage_fd, arg, &ev->fds[EV_V1_CRIT]) == 0;
+        }
+        if (ok)
+            ev->sources |= MM_SRC_V1_USAGE;
+        else {
+            close_fd(&ev->fds[EV_V1_WARN]);
+            close_fd(&ev->fds[EV_V1_CRIT]);
+            rc = -EIO;
+        }
+    } else if (ev->cg_kind == CG_V2 && limit && ev->scope_dfd >= 0) {
+        ev->watch_fd = open_at(ev->scope_dfd, "memory.current");
+        ev->watch = ev->watch_fd >= 0 ? WATCH_V2 : WATCH_NONE;
+        ev->watch_limit = limit;
+    } else if (ev->meminfo_fd >= 0) {
+        ev->watch_fd = dup(ev->meminfo_fd);
+        ev->watch = ev->watch_fd >= 0 ? WATCH_MEMINFO : WATCH_NONE;
+    }
+    if (ev->watch != WATCH_NONE) {
+        ev->sources |= MM_SRC_WATCH;
+        ev->zone = -1;
+        ev->last_t = 0;
+        watch_poll(ev, 0);  /* the starting zone: only a change from it wakes the reader */
+    }
+    if (events_start(ev) != 0)
+        return -EAGAIN;
+    return rc;
+}
+
+uint32_t mm_events_sources(mm_events *ev, int32_t *psi_err)
+{
+    *psi_err = ev->psi_err;
+    return ev->sources;
+}
+
+uint64_t mm_events_polls(mm_events *ev) { return ev->polls; }
 
 int mm_events_fd(mm_events *ev) { return ev->pipe_r; }
 
@@ -1430,15 +1742,17 @@ void mm_events_close(mm_events *ev)
 {
     if (!ev)
         return;
-    if (ev->started) {
-        post(ev->stop_w, 1);
-        pthread_join(ev->thread, NULL);
-    }
-    close_fd(&ev->some_fd);
-    close_fd(&ev->full_fd);
+    events_halt(ev);
+    for (int i = 0; i < EV_NFDS; i++)
+        close_fd(&ev->fds[i]);
+    close_fd(&ev->stop_w);
     close_fd(&ev->pipe_r);
     close_fd(&ev->pipe_w);
-    close_fd(&ev->stop_r);
-    close_fd(&ev->stop_w);
+    close_fd(&ev->scope_dfd);
+    close_fd(&ev->control_fd);
+    close_fd(&ev->v1_level_fd);
+    close_fd(&ev->v1_usage_fd);
+    close_fd(&ev->meminfo_fd);
+    close_fd(&ev->watch_fd);
     free(ev);
 }

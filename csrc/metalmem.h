@@ -22,7 +22,7 @@
 /* BEGIN CDEF */
 
 /* Bumped whenever a struct or signature below changes; checked by sampler.py at import. */
-enum { MM_ABI_VERSION = 2 };
+enum { MM_ABI_VERSION = 3 };
 
 /* mm_system.have bits. */
 enum {
@@ -195,16 +195,46 @@ int mm_parse_stat_start(const char *buf, size_t len, uint64_t ticks_per_second, 
 
 /*
  * OS pressure events. mm_events_open returns a handle whose fd (mm_events_fd) becomes readable
- * when the OS signals pressure. Linux: PSI triggers "some"/"full" (stall_us per window_us) on
- * path (NULL: the handle's scope, else /proc/pressure/memory); macOS: a dispatch memory-pressure
- * source writing level bytes into a non-blocking pipe. mm_events_read drains what is pending
- * and stores the highest level seen (MM_LEVEL_*), or -EAGAIN if nothing was pending.
+ * when the OS signals pressure. Linux: every source the scope offers (MM_SRC_*): PSI triggers
+ * "some"/"full" (stall_us per window_us) on the scope's pressure file; on a cgroup v1 scope,
+ * memory.pressure_level (medium: WARNING, critical: CRITICAL) through cgroup.event_control and
+ * an eventfd; usage or available thresholds once mm_events_arm is called. It fails (with the
+ * PSI trigger's error) only when no source at all can be opened. macOS: a dispatch
+ * memory-pressure source writing level bytes into a non-blocking pipe. mm_events_read drains
+ * what is pending and stores the highest level seen (MM_LEVEL_*), or -EAGAIN if nothing was
+ * pending.
  */
 int mm_events_open(mm_handle *h, uint32_t some_us, uint32_t full_us, uint32_t window_us,
                    mm_events **out, struct mm_error *err);
 int mm_events_fd(mm_events *ev);
 int mm_events_read(mm_events *ev, int32_t *level);
 void mm_events_close(mm_events *ev);
+
+/* Event sources an open handle holds (mm_events_sources). */
+enum {
+    MM_SRC_PSI          = 1 << 0,  /* PSI some/full triggers (host, cgroup v2, v1 beside unified) */
+    MM_SRC_V1_PRESSURE  = 1 << 1,  /* cgroup v1 memory.pressure_level medium and critical */
+    MM_SRC_V1_USAGE     = 1 << 2,  /* cgroup v1 memory.usage_in_bytes thresholds (once armed) */
+    MM_SRC_WATCH        = 1 << 3,  /* host / cgroup v2: adaptive poll of available (once armed) */
+    MM_SRC_DISPATCH     = 1 << 4   /* macOS dispatch memory-pressure source */
+};
+
+/*
+ * Wake when available memory crosses warning_available or critical_available bytes (either
+ * way): cgroup v1 registers memory.usage_in_bytes thresholds at limit - each (usage counts
+ * cache, so the crossing comes no later than available's); host and cgroup v2 have no such
+ * kernel notification, so the event thread polls available itself (one pread, ~5 us) at a
+ * period that follows the headroom: the time the remaining headroom above the critical
+ * threshold lasts at the fastest fall seen, a quarter of it, in [min_period, max_period] s.
+ * A crossing posts MM_LEVEL_NORMAL (a wake-up: the reader samples to learn the level).
+ * Re-arming replaces the thresholds. macOS: -ENOTSUP (the OS decides when to signal).
+ */
+int mm_events_arm(mm_events *ev, uint64_t warning_available, uint64_t critical_available,
+                  double min_period, double max_period);
+/* MM_SRC_* bits; psi_err: 0, or the errno the kernel gave for the PSI trigger. */
+uint32_t mm_events_sources(mm_events *ev, int32_t *psi_err);
+/* Polls the watch made (MM_SRC_WATCH), for cost accounting. */
+uint64_t mm_events_polls(mm_events *ev);
 
 /* END CDEF */
 

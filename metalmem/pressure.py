@@ -11,7 +11,9 @@ Two clocks of behaviour, as in kubelet's eviction manager:
 - *Reporting* rises at once and falls only after the conditions have stayed below the threshold
   by the margin for ``transition_period`` (``nodeConditionsLastObservedAt``): no flapping.
 - *Acting* on CRITICAL (``Assessment.actionable``) needs a hard threshold, or a soft one held for
-  ``soft_grace`` (``thresholdsMetGracePeriod``).
+  ``soft_grace`` (``thresholdsMetGracePeriod``), or a CRITICAL forecast whose time to
+  exhaustion is shorter than a stop takes (``Classifier.stop_seconds``): waiting would lose the
+  race to the kernel's OOM killer.
 
 The classifier is pure: the same samples with the same ``now`` give the same assessments, which
 is what makes ``replay`` and the property tests possible.
@@ -55,6 +57,11 @@ _MiB = 1024 * 1024
 _COUNTERS_PERIOD = 1.0
 # Gaps longer than this many intervals reset rates and the trend instead of producing spikes.
 _GAP_INTERVALS = 5.0
+# How long a stop takes by default, for the forecast's "act now" rule: the eviction grace
+# (10 s) plus a second for the memory to come back (Classifier.stop_seconds; the watchdog sets
+# it from its eviction policy).
+RECLAIM_SECONDS = 1.0
+DEFAULT_STOP_SECONDS = 10.0 + RECLAIM_SECONDS
 # The forecast's least-squares window keeps points at least forecast_window / _FORECAST_POINTS
 # apart, so its cost is bounded whatever the tick (about 17 points).
 _FORECAST_POINTS = 16
@@ -76,7 +83,8 @@ class Signal(enum.StrEnum):
     SWAPOUT_RATE = "swapout.rate"
     """Bytes swapped out per second, from the cumulative counter (higher is worse)."""
     PAGEOUT_RATE = "pageout.rate"
-    """Bytes paged out per second, from the cumulative counter (higher is worse)."""
+    """Bytes paged out per second, from the cumulative counter (higher is worse). macOS:
+    ``vm_stat`` pageouts; Linux: workingset refaults (memory signals only, never block I/O)."""
     FORECAST = "forecast"
     """Seconds until available reaches the critical threshold at the trend (lower is worse)."""
 
@@ -162,7 +170,8 @@ class PressurePolicy:
     critical_swapout_rate: float | None = 64.0 * _MiB
     """CRITICAL (soft) at this swap-out rate."""
     warning_pageout_rate: float | None = 64.0 * _MiB
-    """WARNING at this page-out rate; Linux ``pgpgout`` counts every block write, so high."""
+    """WARNING at this page-out rate. Linux: the workingset refault rate (pages evicted and
+    read back while still in use), not ``pgpgout``, which counts every block write."""
     critical_pageout_rate: float | None = None
     """Off by default: page-out alone is too ambiguous to act on."""
     warning_forecast: float | None = 60.0
@@ -604,6 +613,7 @@ class Classifier:
         "_ctr_pageouts",
         "_ctr_swapouts",
         "_ctr_ts",
+        "_exhaustion",
         "_gap",
         "_last_seen",
         "_level",
@@ -617,11 +627,21 @@ class Classifier:
         "_swapout_rate",
         "interval",
         "policy",
+        "stop_seconds",
     )
 
-    def __init__(self, policy: PressurePolicy | None = None, *, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        policy: PressurePolicy | None = None,
+        *,
+        interval: float = 2.0,
+        stop_seconds: float = DEFAULT_STOP_SECONDS,
+    ) -> None:
         if not _is_number(interval) or interval <= 0:
             raise ValueError(f"Classifier interval must be a duration > 0, got {interval!r}")
+        if not _is_number(stop_seconds) or stop_seconds < 0:
+            raise ValueError(f"Classifier stop_seconds must be >= 0, got {stop_seconds!r}")
+        self.stop_seconds = float(stop_seconds)
         self.policy = policy if policy is not None else PressurePolicy()
         self.interval = float(interval)
         self._rules = _resolve(self.policy)
@@ -647,6 +667,7 @@ class Classifier:
         # Last time each level was observed (index = level); index 0 is unused.
         self._last_seen: list[float | None] = [None, None, None]
         self._critical_since: float | None = None
+        self._exhaustion: float | None = None
         self._reset_rates()
         self._points.clear()
 
@@ -680,6 +701,7 @@ class Classifier:
         available, total = s.available, s.total
         if available is None or not total:
             points.clear()
+            self._exhaustion = None
             return None
         t = s.timestamp
         if len(points) >= 2 and points[-1][0] - points[-2][0] < self._step:
@@ -693,7 +715,9 @@ class Classifier:
             points.popleft()
         slope = _falling_slope(points)
         if slope is None:
+            self._exhaustion = None
             return None
+        self._exhaustion = available / -slope
         left = available - self.policy.critical_available * total
         return max(left, 0.0) / -slope
 
@@ -771,7 +795,9 @@ class Classifier:
             critical_since = self._critical_since
             assert critical_since is not None
             actionable = (
-                any(r.is_hard for r in reasons) or now - critical_since >= self.policy.soft_grace
+                any(r.is_hard for r in reasons)
+                or now - critical_since >= self.policy.soft_grace
+                or self._too_fast_to_wait(reasons)
             )
         return Assessment(
             level,
@@ -783,6 +809,17 @@ class Classifier:
             now,
             self._swapout_rate,
             self._pageout_rate,
+        )
+
+    def _too_fast_to_wait(self, reasons: tuple[Reason, ...]) -> bool:
+        """A CRITICAL forecast whose time to exhaustion (available reaching 0 at the trend)
+        is shorter than a stop takes (``stop_seconds``: grace + reclaim): waiting out
+        ``soft_grace`` would leave the race to the kernel's OOM killer, so act now."""
+        exhaustion = self._exhaustion
+        return (
+            exhaustion is not None
+            and exhaustion < self.stop_seconds
+            and any(r.signal is Signal.FORECAST and r.level is Level.CRITICAL for r in reasons)
         )
 
 

@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - a broken install, not a runtime
         "`pip install --force-reinstall --no-deps .` (or `make install`)"
     ) from exc
 
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 if lib.mm_abi_version() != _ABI_VERSION:  # pragma: no cover - a stale build
     raise ImportError(
         f"metalmem._native has ABI {lib.mm_abi_version()}, expected {_ABI_VERSION}: "
@@ -607,9 +607,12 @@ class PressureEvents:
     """A file descriptor that becomes readable when the OS signals memory pressure.
 
     Linux: PSI triggers on the scope's pressure file; ``some`` stalls of ``some_ms`` per window
-    mean WARNING, ``full`` stalls of ``full_ms`` mean CRITICAL. Without CAP_SYS_RESOURCE the
-    kernel accepts only windows that are a multiple of 2 s (reference/python-ecosystem.md §6.2)
-    and refuses others with :class:`Unsupported`-worthy EINVAL, raised here as ``OSError``.
+    mean WARNING, ``full`` stalls of ``full_ms`` mean CRITICAL. A cgroup v1 scope also has
+    ``memory.pressure_level`` (medium: WARNING, critical: CRITICAL); :meth:`arm` adds a wake-up
+    at available-memory thresholds on every scope. Opening fails only where no source at all
+    exists; :attr:`sources` says which are active and :attr:`psi_error` why PSI is not.
+    Without CAP_SYS_RESOURCE the kernel accepts only windows that are a multiple of 2 s
+    (reference/python-ecosystem.md §6.2) and refuses others with EINVAL.
     macOS: a dispatch memory-pressure source. Wait on :meth:`fileno` with ``selectors``, then
     call :meth:`read`; :meth:`close` releases the trigger and the thread or source.
     """
@@ -638,6 +641,58 @@ class PressureEvents:
         if self._ev == ffi.NULL:
             raise ValueError("PressureEvents is closed")
         return int(self._fd)
+
+    def arm(
+        self,
+        warning_available: int,
+        critical_available: int,
+        *,
+        min_period: float = 0.01,
+        max_period: float = 1.0,
+    ) -> None:
+        """Also wake when available memory crosses either threshold (bytes), either way.
+
+        Linux cgroup v1: kernel ``memory.usage_in_bytes`` thresholds at limit - each. Host and
+        cgroup v2, which have no such notification: the event thread reads available itself
+        (~5 us) every quarter of the time the headroom above ``critical_available`` lasts at
+        the fastest fall seen, within [``min_period``, ``max_period``] s. Such a wake-up reads
+        as :attr:`Level.NORMAL` (sample to learn the level). Re-arming replaces the
+        thresholds. Raises :class:`Unsupported` on macOS (the OS decides when to signal).
+        """
+        with self._lock:
+            if self._ev == ffi.NULL:
+                raise ValueError("PressureEvents is closed")
+            rc = lib.mm_events_arm(
+                self._ev, warning_available, critical_available, min_period, max_period
+            )
+        if rc != 0:
+            raise _raise_for(-rc, "arm available-memory thresholds")
+
+    @property
+    def sources(self) -> frozenset[str]:
+        """What can wake the reader now: ``psi``, ``v1_pressure_level``, ``v1_usage``
+        (armed), ``watch`` (armed), ``dispatch`` (macOS)."""
+        with self._lock:
+            if self._ev == ffi.NULL:
+                return frozenset()
+            bits = lib.mm_events_sources(self._ev, self._level)
+        return frozenset(name for name, bit in _SOURCES.items() if bits & bit)
+
+    @property
+    def psi_error(self) -> int | None:
+        """The errno the kernel gave for the PSI trigger (ENOTSUP: no PSI file), or None."""
+        with self._lock:
+            if self._ev == ffi.NULL:
+                return None
+            lib.mm_events_sources(self._ev, self._level)
+            code = int(self._level[0])
+        return code or None
+
+    @property
+    def polls(self) -> int:
+        """Reads the watch has made (its cost is about 5 us each)."""
+        with self._lock:
+            return 0 if self._ev == ffi.NULL else int(lib.mm_events_polls(self._ev))
 
     def read(self) -> Level | None:
         """Drain pending events; the highest level signalled, or ``None`` if none was pending.
@@ -669,6 +724,15 @@ class PressureEvents:
 
     def __del__(self) -> None:
         self.close()
+
+
+_SOURCES = {
+    "psi": lib.MM_SRC_PSI,
+    "v1_pressure_level": lib.MM_SRC_V1_PRESSURE,
+    "v1_usage": lib.MM_SRC_V1_USAGE,
+    "watch": lib.MM_SRC_WATCH,
+    "dispatch": lib.MM_SRC_DISPATCH,
+}
 
 
 # --- one-shot convenience ------------------------------------------------------------------

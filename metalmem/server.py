@@ -202,6 +202,14 @@ def memstats(
         "processes": {t.key: _process_dict(state, t) for t in state.targets},
         "blocked": list(state.blocked),
         "settling": state.settling,
+        "stopping": (
+            {
+                "key": state.stopping,
+                "deadline_in": state.busy_until - now if state.busy_until is not None else None,
+            }
+            if state.stopping is not None
+            else None
+        ),
         "evictions": [_eviction_dict(r) for r in state.evictions[-20:]],
         "skips": [_skip_dict(r) for r in state.skips[-20:]],
         "eviction_counts": [

@@ -26,7 +26,7 @@ from .gate import Refusal, SafetyGate
 from .history import Ring
 from .level import Level
 from .limits import MAX_INTERVAL, check_duration
-from .pressure import Assessment, Classifier
+from .pressure import RECLAIM_SECONDS, Assessment, Classifier
 from .process import DEFAULT_KILL_TIMEOUT, StopRecord, StopResult, stop
 from .procstate import is_zombie
 from .sampler import ProcessMemory, Sampler, SystemMemory
@@ -177,6 +177,32 @@ class _Settle:
     record: EvictionRecord
 
 
+@dataclasses.dataclass(slots=True)
+class _InFlight:
+    """A stop that was decided and published; the stop thread fills in ``outcome``."""
+
+    victim: Target
+    footprint: int | None
+    reason: str
+    available: int | None  # when it was chosen: the settle phase's baseline
+    blocked_before: bool
+    started: float
+    deadline: float  # the latest it can end: grace + the SIGKILL wait
+    thread: threading.Thread | None = None
+    outcome: StopRecord | Refusal | None = None
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+# How long a stop waits for the listeners to have taken what the tick published (the level
+# change, the State, "evicting") before its first signal. They only record (the Kubernetes
+# reporter's writes are its worker's), so this is milliseconds unless a listener is stuck.
+PUBLISH_TIMEOUT = 1.0
+# The shortest wait the headroom bound may ask for (next_wait): a tick costs ~0.2 ms.
+MIN_WAIT = 0.01
+# How long the fastest fall seen bounds the wait: a model load an hour ago says nothing of now.
+FALL_MEMORY = 600.0
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class State:
     """An immutable snapshot of the loop, replaced (never mutated) after every tick.
@@ -209,7 +235,9 @@ class State:
     reclaimed_total: int = 0
     busy_until: float | None = None
     """While a stop is in flight: the latest monotonic time it can end (grace + SIGKILL wait).
-    The loop publishes no heartbeat meanwhile; health checks allow for it."""
+    The loop keeps ticking meanwhile (the stop runs on its own thread)."""
+    stopping: str | None = None
+    """The key of the target whose stop is in flight, or ``None``."""
     failed: str | None = None
     """Set when the loop thread died of an unexpected error: health checks fail from then on
     and the agent exits non-zero so that its supervisor restarts it."""
@@ -229,6 +257,8 @@ class Listeners:
     on_sample: list[Callable[[State], None]] = dataclasses.field(default_factory=list)
     on_assessment: list[Callable[[Assessment], None]] = dataclasses.field(default_factory=list)
     on_level_change: list[LevelChange] = dataclasses.field(default_factory=list)
+    on_evicting: list[Callable[[EvictionRecord], None]] = dataclasses.field(default_factory=list)
+    """A stop is about to start (result ``evicting``): delivered before its first signal."""
     on_eviction: list[Callable[[EvictionRecord], None]] = dataclasses.field(default_factory=list)
     on_skip: list[Callable[[SkipRecord], None]] = dataclasses.field(default_factory=list)
     on_unblock: list[Callable[[tuple[str, ...]], None]] = dataclasses.field(default_factory=list)
@@ -258,6 +288,12 @@ class _Notifier:
                 self._on_drop()
             self._queue.append((fn, args))
             self._cond.notify()
+
+    def barrier(self, timeout: float) -> bool:
+        """Wait until every call posted before this one has run; False on timeout."""
+        done = threading.Event()
+        self.post(done.set)
+        return done.wait(timeout)
 
     def _run(self) -> None:
         while True:
@@ -332,6 +368,10 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._notifier: _Notifier | None = None
         self._last_error: str | None = None
+        self._armed: tuple[int, float, float, int] | None = None
+        self._max_fall = 0.0  # the fastest fall of available memory seen, bytes per second
+        self._max_fall_at = 0.0  # when it was seen
+        self._last_available: tuple[float, int] | None = None
         self._level = Level.NORMAL
         self.planner = planner
         self._stopper: Stopper = stopper or self._signal_stop
@@ -340,8 +380,14 @@ class Watchdog:
         # Identities whose stop found them gone already: never planned again (a zombie used
         # to be "evicted" every tick, issue 13). Bounded: one entry per exited target.
         self._spent: collections.deque[tuple[int, float]] = collections.deque(maxlen=256)
+        # Stops run on their own thread while the loop samples on: they get a Sampler of their
+        # own (a Sampler is not thread-safe), and so does the gate that checks them.
+        self._stop_sampler = (
+            Sampler(sampler.root, sampler.scope) if isinstance(sampler, Sampler) else sampler
+        )
+        self._inflight: _InFlight | None = None
         self.gate = SafetyGate(
-            sampler,
+            self._stop_sampler,
             adopted if adopted is not None else lambda: self._managed,
             lambda: self.planner.policy.floor if self.planner is not None else 1,
         )
@@ -415,10 +461,16 @@ class Watchdog:
         self._stop.set()
         with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
             os.write(self._wake_w, b"x")
+        deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
+        flight = self._inflight
+        if flight is not None and flight.thread is not None:
+            flight.thread.join(max(0.0, deadline - time.monotonic()))  # let the grace finish
+            if self._thread is None or not self._thread.is_alive():
+                self._collect_stop()
         if self._notifier is not None:
-            self._notifier.close(timeout)
+            self._notifier.close(max(0.1, deadline - time.monotonic()))
         if self._thread is None or not self._thread.is_alive():
             for fd in (self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
@@ -433,23 +485,55 @@ class Watchdog:
         self.stop()
 
     # --- the loop ---------------------------------------------------------------------------
-    def next_wait(self, assessment: Assessment | None) -> float:
-        """How long to wait before the next tick: shorter as headroom shrinks.
+    def next_wait(self, assessment: Assessment | None, system: SystemMemory | None = None) -> float:
+        """How long to wait before the next tick: shorter as headroom shrinks (earlyoom).
 
-        NORMAL waits ``interval``; WARNING a quarter of it; CRITICAL ``min_interval``. A
-        forecast of exhaustion within ten intervals also shortens the wait to a tenth of the
-        forecast (earlyoom's sleep_time_ms idea with a measured slope instead of a guessed fill
-        rate). Always clamped to [min_interval, interval].
+        NORMAL waits ``interval``; WARNING a quarter of it; CRITICAL ``min_interval``. The
+        physical bound comes next: the headroom above the critical threshold lasts
+        ``headroom / rate`` at the fastest fall of available memory seen so far, and the wait
+        is at most half of that, so at least two samples land before it could be gone
+        (earlyoom's sleep_time_ms with a measured fill rate instead of a guessed one). A
+        forecast of the critical threshold within ten intervals also shortens the wait to a
+        tenth of the forecast. Always clamped to [min_interval, interval].
         """
         if assessment is None:
             return self.interval
         wait = {Level.NORMAL: self.interval, Level.WARNING: self.interval / 4}.get(
             assessment.level, self.min_interval
         )
+        floor = self.min_interval
+        fall = self._max_fall if system is not None else 0.0
+        if fall > 0 and system is not None and system.available is not None:
+            headroom = system.available - self.classifier.policy.critical_available * (
+                system.total or 0
+            )
+            if headroom > 0:  # below the threshold the level itself sets the pace
+                bound = headroom / fall / 2
+                wait = min(wait, bound)
+                # It may go below min_interval (10 ms at least): at 2 GiB/s, 100 MiB of
+                # headroom last 50 ms.
+                floor = max(MIN_WAIT, min(floor, bound))
         forecast = assessment.forecast_seconds
         if forecast is not None and forecast < 10 * self.interval:
             wait = min(wait, forecast / 10)
-        return max(self.min_interval, min(self.interval, wait))
+        return max(floor, min(self.interval, wait))
+
+    def _note_fall(self, system: SystemMemory) -> None:
+        """Keep the fastest fall of available memory seen in the last :data:`FALL_MEMORY`
+        seconds (bytes per second), from samples at least 50 ms apart (closer ones turn a
+        few pages of noise into a huge rate)."""
+        available, at = system.available, system.timestamp
+        last = self._last_available
+        if available is None:
+            return
+        if at - self._max_fall_at > FALL_MEMORY:
+            self._max_fall = 0.0
+        if last is None or at - last[0] >= 0.05:
+            if last is not None and available < last[1] and at > last[0]:
+                rate = (last[1] - available) / (at - last[0])
+                if rate >= self._max_fall:
+                    self._max_fall, self._max_fall_at = rate, at
+            self._last_available = (at, available)
 
     def _current_targets(self) -> tuple[TargetLike, ...]:
         t = self._targets
@@ -478,12 +562,20 @@ class Watchdog:
         if self._last_error is not None:
             log.info("event=sample_recovered")
             self._last_error = None
+        self._arm_events(system)
+        self._note_fall(system)
+        if self.planner is not None:
+            self.classifier.stop_seconds = self.planner.policy.grace + RECLAIM_SECONDS
         assessment = self.classifier.assess(system, now)
         processes = {t.key: self._live(t, by_pid[t.pid]) for t in targets}
         self._managed = tuple(t for t in targets if isinstance(t, Target))
         plan = None
+        flight = None
         if self.planner is not None:
-            plan = self._plan_and_act(assessment, system, processes, targets, now)
+            self._collect_stop()
+            plan, chosen = self._plan_and_act(assessment, system, processes, targets, now)
+            if chosen is not None:
+                flight = self._begin_evict(chosen, assessment, system, processes)
         self._history.append(HistoryPoint(now, assessment.level, system.available))
         old = self._level
         self._level = assessment.level
@@ -501,23 +593,51 @@ class Watchdog:
             counters=counters,
             heartbeat=now,
             started_at=self._state.started_at,
-            interval=self.next_wait(assessment),
+            interval=self.next_wait(assessment, system),
             sample_duration=duration,
             cpu_seconds=time.thread_time(),
             events=self._events is not None,
             mode=self.mode,
             plan=plan,
-            blocked=self._blocks.keys(),
-            settling=self._settle.key if self._settle is not None else None,
-            evictions=tuple(self._evictions),
-            skips=tuple(self._skips),
-            eviction_counts=dict(self._eviction_counts),
-            skip_counts=dict(self._skip_counts),
-            reclaimed_total=self._reclaimed_total,
+            **self._eviction_fields(),
         )
+        # Publish, then act: the State, the level change and "evicting" go out before the
+        # stop's first signal (the stop thread waits for the notifier to deliver them).
         self._state = state
         self._notify(state, assessment, old)
-        return state
+        if flight is not None:
+            self._launch(flight)
+        return self._state
+
+    def _arm_events(self, system: SystemMemory) -> None:
+        """Give the event source the available-memory thresholds (bytes) of this scope, so
+        that it wakes the loop as they are crossed; again whenever total or the policy
+        changes. A source that cannot take them (macOS, a test's) is left as it is."""
+        arm = getattr(self._events, "arm", None)
+        if arm is None or not system.total:
+            return
+        policy = self.classifier.policy
+        # A limited cgroup's sources watch usage (limit - usage, "free"), which counts the
+        # reclaimable cache that available leaves out: arm that much lower, so the wake-up
+        # comes as available itself crosses (re-armed when the cache moves by 8 MiB).
+        cache = 0
+        if system.limited and system.free is not None and system.available is not None:
+            cache = max(0, system.available - system.free) >> 23 << 23
+        key = (system.total, policy.warning_available, policy.critical_available, cache)
+        if key == self._armed:
+            return
+        self._armed = key
+        warning = max(0, int(policy.warning_available * system.total) - cache)
+        critical = max(0, int(policy.critical_available * system.total) - cache)
+        try:
+            arm(warning, critical, min_period=0.01, max_period=min(1.0, self.interval))
+        except (Error, OSError, ValueError) as exc:
+            log.info("event=event_thresholds_unavailable error=%r", exc)
+            return
+        log.info(
+            "event=event_thresholds warning_available=%d critical_available=%d sources=%s",
+            warning, critical, ",".join(sorted(getattr(self._events, "sources", ()))) or "-",
+        )  # fmt: skip
 
     def _live(
         self, target: TargetLike, sample: ProcessMemory | Error | OSError
@@ -543,8 +663,10 @@ class Watchdog:
         processes: Mapping[str, ProcessMemory | Error | OSError],
         targets: Sequence[TargetLike],
         now: float,
-    ) -> Plan | None:
-        """Settle, unblock, plan; then act on at most one victim (kubelet: one per pass)."""
+    ) -> tuple[Plan | None, tuple[Target, SystemMemory] | None]:
+        """Settle, unblock, plan; name at most one victim to stop (kubelet: one per pass),
+        with the fresh sample it was chosen on. A stop in flight holds further evictions,
+        as the settle phase does."""
         assert self.planner is not None
         managed = [t for t in targets if isinstance(t, Target)]
         self._check_settle(system, now)
@@ -553,7 +675,7 @@ class Watchdog:
             # Nothing to plan below CRITICAL; ranking costs ~40 us at 16 targets (measured).
             self._last_skip = None
             self._last_dry_run = None
-            return None
+            return None, None
         plan = self.planner.plan(
             assessment,
             system,
@@ -561,7 +683,7 @@ class Watchdog:
             managed,
             now,
             evictions=tuple(self._eviction_times),
-            settling=self._settle is not None,
+            settling=self._settle is not None or self._inflight is not None,
         )
         # Wanted means the current sample itself says CRITICAL: while the reported level is
         # held up by hysteresis after a recovery, nothing is wanted and nothing is skipped.
@@ -569,21 +691,21 @@ class Watchdog:
         if not wanted:
             self._last_skip = None
             self._last_dry_run = None
-            return plan
+            return plan, None
         if not plan.victims:
             self._last_dry_run = None
             if not wanted or plan.skip_reason is None:
                 self._last_skip = None
             elif plan.skip_reason != self._last_skip:
                 self._record_skip(plan)
-            return plan
+            return plan, None
         self._last_skip = None
         victim = plan.victims[0]
         if self.mode == EvictionMode.DRY_RUN:
             if victim.key != self._last_dry_run:
                 self._last_dry_run = victim.key
                 self._record_dry_run(victim, plan, assessment, processes)
-            return plan
+            return plan, None
         # Check again before acting (earlyoom): choosing took time and memory may be back.
         fresh = self.sampler.system()
         recheck = self.planner.plan(
@@ -591,9 +713,8 @@ class Watchdog:
         )
         if not recheck.victims:
             log.info("event=evict_cancelled reason=recovered_before_acting")
-            return recheck
-        self._evict(recheck.victims[0], assessment, fresh, processes)
-        return recheck
+            return recheck, None
+        return recheck, (recheck.victims[0], fresh)
 
     def _footprint(
         self, key: str, processes: Mapping[str, ProcessMemory | Error | OSError]
@@ -648,13 +769,15 @@ class Watchdog:
         )
         self._post_all(self.listeners.on_eviction, rec)
 
-    def _evict(
+    def _begin_evict(
         self,
-        victim: Target,
+        chosen: tuple[Target, SystemMemory],
         assessment: Assessment,
         system: SystemMemory,
         processes: Mapping[str, ProcessMemory | Error | OSError],
-    ) -> None:
+    ) -> _InFlight | None:
+        """Gate and block the victim; the stop itself starts once this tick is published."""
+        victim, fresh = chosen
         footprint = self._footprint(victim.key, processes)
         reason = assessment.top_reason.signal.value if assessment.top_reason else "-"
         if self.planner is not None:
@@ -664,56 +787,121 @@ class Watchdog:
         refusal = self.gate.check(victim)
         if refusal is not None:
             self._record_refusal(refusal)
-            return
+            return None
         # Block first, so nothing can respawn it while it stops (LLMKube sets it before too).
         # A block that was there before this stop (an earlier victim under the same key) is
         # never cleared by this one's outcome.
         blocked_before = victim.key in self._blocks
         self._blocks.block(victim.key, pid=victim.pid, footprint=footprint, reason=reason)
-        # A stop may take the whole grace period: say until when, so /healthz does not read
-        # the quiet loop as a stalled one (a liveness probe would kill us mid-eviction).
         now = self._clock()
-        self._publish_heartbeat(now)
-        self._state = dataclasses.replace(
-            self._state, busy_until=now + victim.stop.grace_seconds + DEFAULT_KILL_TIMEOUT
-        )
+        self._inflight = _InFlight(
+            victim, footprint, reason, fresh.available, blocked_before, now,
+            now + victim.stop.grace_seconds + DEFAULT_KILL_TIMEOUT,
+        )  # fmt: skip
         log.warning(
             "event=evict key=%s pid=%d priority=%s footprint=%s reason=%s",
-            victim.key,
-            victim.pid,
-            victim.priority.value,
-            footprint,
-            reason,
+            victim.key, victim.pid, victim.priority.value, footprint, reason,
+        )  # fmt: skip
+        return self._inflight
+
+    def _launch(self, flight: _InFlight) -> None:
+        """Say "evicting", then stop: on its own thread while the loop runs (the loop keeps
+        sampling and publishing during the whole grace), inline for a directly ticked
+        Watchdog (tests, benchmarks), which then sees the outcome in the State it returns."""
+        victim = flight.victim
+        rec = EvictionRecord(
+            victim.key, victim.pid, victim.priority.value, flight.reason, flight.footprint,
+            "evicting", None, 0.0, time.time(), "stop starting",
+        )  # fmt: skip
+        self._post_all(self.listeners.on_evicting, rec)
+        if self._thread is None or threading.current_thread() is not self._thread:
+            self._run_stop(flight)
+            self._collect_stop()
+            self._republish()
+            return
+        flight.thread = threading.Thread(
+            target=self._run_stop, args=(flight,), name="metalmem-stop", daemon=True
         )
-        result = self._stopper(victim, self.sampler)
+        flight.thread.start()
+
+    def _run_stop(self, flight: _InFlight) -> None:
+        """The stop: after the notifier delivered what this tick published, the gate once
+        more, then the stopper (which asks the gate again right before its first signal)."""
+        try:
+            if self._notifier is not None:
+                self._notifier.barrier(PUBLISH_TIMEOUT)
+            refusal = self.gate.check(flight.victim)
+            flight.outcome = (
+                refusal if refusal is not None else self._stopper(flight.victim, self._stop_sampler)
+            )
+        except Exception as exc:  # the stopper must not take the loop down with it
+            log.exception("event=stop_error key=%s", flight.victim.key)
+            v = flight.victim
+            flight.outcome = StopRecord(
+                v.key, v.pid, v.start_time, StopResult.FAILED, (),
+                self._clock() - flight.started, f"stopper raised {type(exc).__name__}: {exc}",
+            )  # fmt: skip
+        finally:
+            flight.done.set()
+            with contextlib.suppress(OSError, ValueError):  # wake the loop to collect it
+                os.write(self._wake_w, b"s")
+
+    def _collect_stop(self) -> None:
+        """Record a finished stop (on the loop thread): block, spent identity, pacing,
+        settle phase or eviction record, as the stop's outcome says."""
+        flight = self._inflight
+        if flight is None or not flight.done.is_set():
+            return
+        self._inflight = None
+        victim, outcome = flight.victim, flight.outcome
+        if outcome is None or isinstance(outcome, Refusal):
+            if not flight.blocked_before:
+                self._blocks.clear_key(victim.key)
+            if isinstance(outcome, Refusal):
+                self._record_refusal(outcome)
+            return
+        result = outcome
         now = self._clock()
         if result.result in (StopResult.DENIED, StopResult.ALREADY_GONE):
-            if not blocked_before:
+            if not flight.blocked_before:
                 self._blocks.clear_key(victim.key)
             if result.result is StopResult.ALREADY_GONE:
                 self._spent.append(victim.identity)
         else:
             self._eviction_times.append(now)
         rec = EvictionRecord(
-            victim.key,
-            victim.pid,
-            victim.priority.value,
-            reason,
-            footprint,
-            result.result.value,
-            None,
-            result.duration,
-            time.time(),
-            result.message,
-        )
-        self._eviction_counts[(reason, rec.result)] += 1
+            victim.key, victim.pid, victim.priority.value, flight.reason, flight.footprint,
+            result.result.value, None, result.duration, time.time(), result.message,
+        )  # fmt: skip
+        self._eviction_counts[(flight.reason, rec.result)] += 1
         if result.result.is_success:
             policy = self.planner.policy if self.planner is not None else None
             timeout = policy.settle_timeout if policy is not None else 0.0
-            self._settle = _Settle(victim.key, system.available, footprint, now + timeout, rec)
+            self._settle = _Settle(
+                victim.key, flight.available, flight.footprint, now + timeout, rec
+            )
         else:
             self._evictions.append(rec)
             self._post_all(self.listeners.on_eviction, rec)
+
+    def _eviction_fields(self) -> dict[str, Any]:
+        """The State's eviction fields as they stand now."""
+        flight = self._inflight
+        return {
+            "blocked": self._blocks.keys(),
+            "settling": self._settle.key if self._settle is not None else None,
+            "evictions": tuple(self._evictions),
+            "skips": tuple(self._skips),
+            "eviction_counts": dict(self._eviction_counts),
+            "skip_counts": dict(self._skip_counts),
+            "reclaimed_total": self._reclaimed_total,
+            "stopping": flight.victim.key if flight is not None else None,
+            "busy_until": flight.deadline if flight is not None else None,
+        }
+
+    def _republish(self) -> None:
+        """The State again after a stop ended inside the tick that started it."""
+        self._state = dataclasses.replace(self._state, **self._eviction_fields())
 
     def _check_settle(self, system: SystemMemory, now: float) -> None:
         """End the settle phase once memory came back (a share of the footprint) or timed out."""
@@ -737,7 +925,7 @@ class Watchdog:
         self._post_all(self.listeners.on_eviction, rec)
 
     def _check_unblock(self, assessment: Assessment, now: float) -> None:
-        if self._settle is not None or not self._blocks.keys():
+        if self._settle is not None or self._inflight is not None or not self._blocks.keys():
             return
         held = now - assessment.since
         if assessment.level == Level.NORMAL and held >= self.classifier.policy.transition_period:
@@ -806,14 +994,23 @@ class Watchdog:
         try:
             while not self._stop.is_set():
                 state = self.tick()
-                deadline = self._clock() + state.interval
+                ticked = self._clock()
+                deadline = ticked + state.interval
                 while not self._stop.is_set():
                     remaining = deadline - self._clock()
                     if remaining <= 0:
                         break
                     ready = sel.select(remaining)
+                    if any(key.data == "wake" for key, _ in ready):
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 64)
+                        flight = self._inflight
+                        if flight is not None and flight.done.is_set():
+                            deadline = min(deadline, ticked + self.min_interval)  # collect it
                     if any(key.data == "events" for key, _ in ready) and self._on_event(sel):
-                        break
+                        # At once, but at most one tick per min_interval: a storm of events
+                        # (vmpressure under heavy reclaim) must not become a busy loop.
+                        deadline = min(deadline, ticked + self.min_interval)
         finally:
             sel.close()
 

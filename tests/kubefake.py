@@ -53,6 +53,7 @@ import queue
 import re
 import socket
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -157,6 +158,8 @@ class Request:
     resource: str  # plural, with "/status" for the subresource
     namespace: str | None
     name: str | None
+    at: float = dataclasses.field(default_factory=time.monotonic, compare=False)
+    """When it was answered (CLOCK_MONOTONIC: comparable with any process's monotonic time)."""
 
 
 # --- the CRD -----------------------------------------------------------------------------------

@@ -750,6 +750,16 @@ def test_events_close_cancels_the_source_and_closes_the_fd() -> None:
         os.fstat(fd)
 
 
+def test_events_have_only_the_dispatch_source_and_no_thresholds_to_arm() -> None:
+    # The OS decides when the dispatch source fires: arm() says so, and there is no PSI.
+    with Sampler() as s, s.events() as ev:
+        assert ev.sources == frozenset({"dispatch"})
+        assert ev.psi_error == errno.ENOTSUP
+        assert ev.polls == 0
+        with pytest.raises(metalmem.Unsupported):
+            ev.arm(2 << 30, 1 << 30)
+
+
 @pytest.mark.parametrize(
     ("fail", "expected", "err"),
     [

@@ -107,6 +107,7 @@ class World:
         self.tracker = TargetTracker(
             self.sampler, self._specs(), discover_pattern=None, pins=PinStore(state)
         )
+        self.tracker.refresh()  # as Agent.__init__ does, before anything runs
         options = KubeOptions(
             kubeconfig=str(self.kubeconfig), node_name="node-1", refresh=0.2,
             request_timeout=2.0, backoff_initial=0.05, backoff_max=0.2, suspend_grace=0.2,
@@ -205,6 +206,9 @@ class World:
 
     def reload(self) -> None:
         self.tracker.configure(self._specs(), None)
+        # The agent's next tick refreshes (within one interval): a new pid spec is pinned to
+        # the process it names then, not to whatever holds the pid after later steps.
+        self.tracker.refresh()
 
     def restart(self) -> None:
         self.reporter.stop()

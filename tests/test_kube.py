@@ -408,8 +408,9 @@ def test_levels_eviction_and_recovery_give_exact_conditions_and_events(env: Env)
         for prev, cur in itertools.pairwise(conds):
             same = prev["status"] == cur["status"]
             assert (cur["lastTransitionTime"] == prev["lastTransitionTime"]) == same, (prev, cur)
-    # observedGeneration: 1 until the suspend (before the CRITICAL notification) made it 2.
-    assert [c["observedGeneration"] for c in env.written("a")] == [1] * 4 + [2] * 3
+    # observedGeneration: 1 until the suspend made it 2. Publish, then act (issue 14): the
+    # Critical condition was written before the suspend, so it still carries generation 1.
+    assert [c["observedGeneration"] for c in env.written("a")] == [1] * 5 + [2] * 2
     assert [c["observedGeneration"] for c in env.written("b")] == [1] * 6
     # The other controller's condition survived every stored version.
     for name, conditions in stored:
@@ -445,7 +446,7 @@ def test_levels_eviction_and_recovery_give_exact_conditions_and_events(env: Env)
     order = [e["reason"] for e in env.events("a") if e["reason"] != "EvictionSkipped"]
     assert order == [
         "MemoryPressureLevelChanged", "MemoryPressureLevelChanged",  # N->W (x2), W->N
-        "Suspended", "MemoryPressureLevelChanged",  # the watchdog acts before it notifies
+        "MemoryPressureLevelChanged", "Evicting", "Suspended",  # publish, then act (issue 14)
         "Evicted", "RespawnBlocked", "MemoryPressureLevelChanged",
         "RespawnUnblocked", "Resumed",
     ]  # fmt: skip

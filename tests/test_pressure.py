@@ -775,3 +775,34 @@ def test_set_policy_swaps_thresholds_and_keeps_the_level() -> None:
     assert clf.assess(sample(40.0, available=16 * 10**8), now=40.0).level is NORMAL
     # The new critical threshold applies at once.
     assert clf.assess(sample(41.0, available=4 * 10**8), now=41.0).level is CRITICAL
+
+
+# --- the race: a forecast that cannot wait out soft_grace ------------------------------------
+
+
+def _falling(classifier: metalmem.Classifier, per_second: int, start: int) -> Assessment:
+    """Feed 3 s of available memory falling at ``per_second`` (bytes) from ``start``."""
+    a = None
+    for i in range(7):
+        t = i * 0.5
+        a = classifier.assess(samples.host(t, available=start - int(per_second * t)), t)
+    assert a is not None
+    return a
+
+
+def test_a_forecast_whose_exhaustion_beats_a_stop_is_actionable_at_once() -> None:
+    # total 10 GB: CRITICAL below 1 GB. At 500 MB/s from 5 GB, 3.5 GB are left after 3 s:
+    # 7 s to exhaustion, 5 s to the critical threshold (a CRITICAL forecast, soft).
+    policy = PressurePolicy(warning_forecast=60.0, critical_forecast=30.0, soft_grace=10.0)
+    fast = _falling(Classifier(policy, interval=0.5, stop_seconds=11.0), 500 * 10**6, 5 * 10**9)
+    assert fast.raw_level is Level.CRITICAL and fast.top_reason is not None
+    assert fast.top_reason.signal is Signal.FORECAST and not fast.top_reason.is_hard
+    assert fast.actionable  # 7 s to exhaustion < 11 s a stop takes: no soft_grace wait
+    # The same fall where a stop is quicker than exhaustion waits for soft_grace as before.
+    slow = _falling(Classifier(policy, interval=0.5, stop_seconds=5.0), 500 * 10**6, 5 * 10**9)
+    assert slow.raw_level is Level.CRITICAL and not slow.actionable
+
+
+def test_classifier_rejects_a_negative_stop_time() -> None:
+    with pytest.raises(ValueError, match="stop_seconds"):
+        Classifier(stop_seconds=-1.0)

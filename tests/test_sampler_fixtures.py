@@ -53,8 +53,14 @@ def test_system_matches_reference_reading(root: pathlib.Path) -> None:
         assert (m.pageouts, m.swapouts, m.oom_kills) == (None, None, None)
     else:
         kv = dict(line.split(b" ", 1) for line in procref.complete_lines(vmstat) if b" " in line)
-        pgpgout, pswpout = kv.get(b"pgpgout"), kv.get(b"pswpout")
-        assert m.pageouts == (int(pgpgout) * 1024 if pgpgout else None)
+        pswpout = kv.get(b"pswpout")
+        anon, file = kv.get(b"workingset_refault_anon"), kv.get(b"workingset_refault_file")
+        if anon is not None and file is not None:
+            refaults: int | None = int(anon) + int(file)
+        else:
+            one = kv.get(b"workingset_refault")
+            refaults = int(one) if one is not None and anon is None and file is None else None
+        assert m.pageouts == (refaults * PAGE if refaults is not None else None)
         assert m.swapouts == (int(pswpout) * PAGE if pswpout else None)
     pressure = _read(root / "proc" / "pressure" / "memory")
     if pressure is None:

@@ -204,3 +204,23 @@ def test_next_wait_shortens_with_pressure(sampler: metalmem.Sampler) -> None:
     assert dog.next_wait(critical) == 0.1
     soon = dataclasses.replace(a, forecast_seconds=5.0)
     assert dog.next_wait(soon) == 0.5
+
+
+def test_next_wait_is_bounded_by_the_fastest_fall_seen(sampler: metalmem.Sampler) -> None:
+    policy = PressurePolicy(**QUIET)  # type: ignore[arg-type]
+    dog = Watchdog(sampler, Classifier(policy), interval=2.0, min_interval=0.01)
+    m = sampler.system()._replace(total=10 * 2**30, available=6 * 2**30, timestamp=100.0)
+    a = Classifier(policy).assess(m, 100.0)
+    assert dog.next_wait(a, m) == 2.0  # no fall seen yet: the interval
+    dog._note_fall(m)
+    # 1 GiB gone in 0.5 s: 2 GiB/s. Critical at 1 GiB, so 4 GiB of headroom last 2 s.
+    fell = m._replace(available=5 * 2**30, timestamp=100.5)
+    dog._note_fall(fell)
+    assert dog.next_wait(a, fell) == pytest.approx(1.0)  # half the time to the threshold
+    near = fell._replace(available=1 * 2**30 + 2**27)  # 128 MiB above it: 1/16 s at 2 GiB/s
+    assert dog.next_wait(a, near) == pytest.approx(1 / 32)
+    # Noise between samples closer than 50 ms is not a rate.
+    dog2 = Watchdog(sampler, Classifier(policy), interval=2.0, min_interval=0.01)
+    dog2._note_fall(m)
+    dog2._note_fall(m._replace(available=m.available - 2**20, timestamp=100.001))
+    assert dog2.next_wait(a, near) == 2.0

@@ -37,6 +37,7 @@ class EventReason(enum.StrEnum):
     """``reason`` of the events the reporter writes; each has one ``action`` (see _ACTIONS)."""
 
     LEVEL_CHANGED = "MemoryPressureLevelChanged"
+    EVICTING = "Evicting"
     EVICTED = "Evicted"
     EVICTION_SKIPPED = "EvictionSkipped"
     RESPAWN_BLOCKED = "RespawnBlocked"
@@ -47,6 +48,7 @@ class EventReason(enum.StrEnum):
 
 _ACTIONS: Mapping[EventReason, str] = {
     EventReason.LEVEL_CHANGED: "ObserveMemoryPressure",
+    EventReason.EVICTING: "Evict",
     EventReason.EVICTED: "Evict",
     EventReason.EVICTION_SKIPPED: "Evict",
     EventReason.RESPAWN_BLOCKED: "BlockRespawn",

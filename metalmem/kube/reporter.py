@@ -22,7 +22,7 @@ from ..pressure import Assessment, PressurePolicy
 from ..process import StopRecord, StopResult, stop
 from ..sampler import Sampler, SystemMemory
 from ..targets import KubeRef, Metadata, Target
-from ..watchdog import EvictionRecord, Listeners, SkipRecord, State
+from ..watchdog import PUBLISH_TIMEOUT, EvictionRecord, Listeners, SkipRecord, State
 from .api import Api, Failures, KubeStats, NoStats
 from .condition import ConditionSync, describe, human
 from .events import EventItem, EventReason, EventSink
@@ -123,6 +123,7 @@ class KubeReporter:
         """Register the reporter's callbacks (they only record; the worker does the I/O)."""
         listeners.on_sample.append(self._on_sample)
         listeners.on_level_change.append(self._on_level_change)
+        listeners.on_evicting.append(self._on_evicting)
         listeners.on_eviction.append(self._on_eviction)
         listeners.on_skip.append(self._on_skip)
         listeners.on_unblock.append(self._on_unblock)
@@ -260,6 +261,16 @@ class KubeReporter:
             self._post(EventItem(ref, EventReason.LEVEL_CHANGED, kind, note,
                                  f"{old.name}->{new.name}", now))  # fmt: skip
 
+    def _on_evicting(self, record: EvictionRecord) -> None:
+        """A stop is starting: say so on its object before the first signal (issue 14)."""
+        ref = self._ref_for_key(record.key)
+        if ref is not None:
+            note = (
+                f"evicting {record.key} (pid {record.pid}, priority {record.priority}, "
+                f"footprint {human(record.footprint)}) on signal {record.reason}"
+            )
+            self._post(EventItem(ref, EventReason.EVICTING, "Warning", note, "", self._wall()))
+
     def _on_eviction(self, record: EvictionRecord) -> None:
         if record.result == "dry-run":
             return
@@ -336,6 +347,8 @@ class KubeReporter:
         """
         ref = self._ref_of(target)
         api = self._api
+        if self.is_reachable:
+            self.flush(PUBLISH_TIMEOUT)  # the condition and "Evicting" before any signal
         if ref is None or api is None or target.protected or self._store.is_missing(ref):
             return stop(target, sampler=sampler, gate=self.gate)
         if not self.is_reachable:
