@@ -30,6 +30,7 @@ from .helpers import (
     has_exited,
     pidfd_has_exited,
     reap,
+    skip_unless_available_follows_allocations,
     spawn_child_at_pid,
     wait_for,
 )
@@ -262,6 +263,7 @@ def test_wait_for_reclaim_sees_a_stopped_childs_memory_come_back(
 ) -> None:
     # Host-wide `available` also moves with everything else running here (other tests' children,
     # page cache): a large child keeps that noise well under the half-footprint asked for.
+    skip_unless_available_follows_allocations(sampler)
     child = children.spawn(allocate_mib=768)
     footprint = sampler.process(child.pid).footprint
     assert footprint is not None and footprint >= 768 << 20

@@ -14,7 +14,7 @@ from metalmem.level import Level
 from metalmem.pressure import Classifier, PressurePolicy
 from metalmem.watchdog import Listeners, State, Watchdog
 
-from .helpers import Children, wait_for
+from .helpers import Children, skip_unless_available_follows_allocations, wait_for
 
 MiB = 1 << 20
 
@@ -68,6 +68,7 @@ class _Pipe:
 def test_levels_follow_a_real_allocation_and_return_to_normal(
     sampler: metalmem.Sampler, children: Children
 ) -> None:
+    skip_unless_available_follows_allocations(sampler)
     m = sampler.system()
     assert m.total is not None and m.available is not None
     total, a0 = m.total, m.available
