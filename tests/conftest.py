@@ -25,7 +25,7 @@ from .kubereal import RealKube, install, start_server, stop_server
 
 # tests/e2e/ runs real llama-server processes: `make e2e` builds the server and sets this.
 # `make test` leaves the directory out, so its time budget holds on a fresh machine.
-collect_ignore = [] if os.environ.get("METALMEM_E2E") else ["e2e"]
+collect_ignore = [] if os.environ.get("METALMEM_E2E") else ["e2e"]  # extended below
 
 
 @pytest.fixture
@@ -47,7 +47,8 @@ def children() -> Iterator[Children]:
 # end-to-end suite (tests/e2e_kube/) is not collected and the "real" contract tests skip, so the
 # default `make test` never needs Go.
 KUBE_APISERVER = os.environ.get("METALMEM_KUBE_APISERVER", "")
-collect_ignore = [] if KUBE_APISERVER else ["e2e_kube"]
+if not KUBE_APISERVER:
+    collect_ignore.append("e2e_kube")
 
 
 @pytest.fixture(scope="session")
