@@ -446,17 +446,8 @@ def _unload(
         return _escalate(target, handle, clock, t0, kill_timeout, steps, noting(note))
 
     def kill(note: str) -> StopRecord:
-        noted = noting(note)
-        try:
-            handle.send(signal.SIGKILL, None)
-        except ProcessLookupError:
-            return noted(StopResult.UNLOADED, "exited at the end of the grace period")
-        except PermissionError as exc:
-            return noted(StopResult.DENIED, f"SIGKILL refused: {exc}")
-        steps.append("SIGKILL")
-        if handle.wait(kill_timeout):
-            return noted(StopResult.KILLED, "SIGKILL")
-        return noted(StopResult.FAILED, f"still running {kill_timeout:g} s after SIGKILL")
+        return _kill(handle, None, "", kill_timeout, steps, noting(note), StopResult.UNLOADED,
+                     "SIGKILL")  # fmt: skip
 
     return unload(target, handle, sampler, clock, t0, steps, done, signal_path, kill)
 
@@ -503,14 +494,31 @@ def _escalate(
     if handle.wait(max(0.0, t0 + grace - clock())):
         return done(StopResult.TERMINATED, f"exited within the {grace:g} s grace period")
 
+    return _kill(handle, pgid, prefix, kill_timeout, steps, done, StopResult.TERMINATED,
+                 f"still running after {grace:g} s; SIGKILL")  # fmt: skip
+
+
+def _kill(
+    handle: _Handle,
+    pgid: int | None,
+    prefix: str,
+    kill_timeout: float,
+    steps: list[str],
+    done: Callable[[StopResult, str], StopRecord],
+    gone: StopResult,
+    killed: str,
+) -> StopRecord:
+    """SIGKILL and a confirmed exit, the last step of every stop; ``gone`` is the result when
+    the process exited just before it (the earlier step's success)."""
     try:
-        send(signal.SIGKILL)
+        handle.send(signal.SIGKILL, pgid)
     except ProcessLookupError:
-        return done(StopResult.TERMINATED, "exited at the end of the grace period")
+        return done(gone, "exited at the end of the grace period")
     except PermissionError as exc:
         return done(StopResult.DENIED, f"SIGKILL refused: {exc}")
+    steps.append(prefix + "SIGKILL")
     if handle.wait(kill_timeout):
-        return done(StopResult.KILLED, f"still running after {grace:g} s; SIGKILL")
+        return done(StopResult.KILLED, killed)
     return done(StopResult.FAILED, f"still running {kill_timeout:g} s after SIGKILL")
 
 

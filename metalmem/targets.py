@@ -35,6 +35,7 @@ from typing import Any, Protocol, cast
 
 from .errors import NoSuchProcess
 from .limits import MAX_GRACE, check_duration
+from .llamaargs import flag_value
 from .pins import Pin, PinStore
 from .sampler import Sampler
 from .unload import UNLOAD_KEYS, RouterModels, UnloadAction, is_router, parse_unload, router_url
@@ -803,19 +804,6 @@ _MODEL_FLAGS = ("--model", "-m")
 _HF_FLAGS = ("--hf-repo", "-hf", "-hfr")
 
 
-def _flag_value(argv: Sequence[str], flags: Sequence[str]) -> str | None:
-    """The value of the last ``FLAG VALUE`` or ``FLAG=VALUE`` in argv (llama.cpp's arg parser
-    lets a later flag win)."""
-    found = None
-    for i, arg in enumerate(argv):
-        for flag in flags:
-            if arg == flag and i + 1 < len(argv):
-                found = argv[i + 1]
-            elif arg.startswith(flag + "="):
-                found = arg[len(flag) + 1 :]
-    return found
-
-
 def name_from_argv(argv: Sequence[str]) -> str | None:
     """A target name from a llama-server command line, or ``None``.
 
@@ -824,15 +812,15 @@ def name_from_argv(argv: Sequence[str]) -> str | None:
     Characters that cannot appear in a key (blanks, ``/``, ``#``) become ``_``.
     """
     args = argv[1:]
-    name = _flag_value(args, _ALIAS_FLAGS)
+    name = flag_value(args, _ALIAS_FLAGS)
     if not name:
-        model = _flag_value(args, _MODEL_FLAGS)
+        model = flag_value(args, _MODEL_FLAGS)
         if model:
             name = os.path.basename(model.rstrip("/"))
             if name.lower().endswith(".gguf"):
                 name = name[: -len(".gguf")]
     if not name:
-        repo = _flag_value(args, _HF_FLAGS)
+        repo = flag_value(args, _HF_FLAGS)
         if repo:
             name = repo.rstrip("/").rsplit("/", 1)[-1]
     if not name:

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import Error
+from .llamaargs import flag_value
 
 if TYPE_CHECKING:
     from .process import StopRecord, StopResult, _Handle
@@ -319,26 +320,15 @@ _PORT_FLAGS = ("--port",)
 _HOST_FLAGS = ("--host",)
 
 
-def _flag(argv: Sequence[str], flags: Sequence[str]) -> str | None:
-    found = None
-    for i, arg in enumerate(argv):
-        for flag in flags:
-            if arg == flag and i + 1 < len(argv):
-                found = argv[i + 1]
-            elif arg.startswith(flag + "="):
-                found = arg[len(flag) + 1 :]
-    return found
-
-
 def is_router(argv: Sequence[str], has_instances: bool = False) -> bool:
     """A llama-server command line in router mode: ``--models-dir``/``--models-preset``, or
     (the router of the model cache) no model at all (``-m``, ``--model``, ``-hf``,
     ``--hf-repo``, ``--alias``) in a process that ``has_instances`` (llama-server children)."""
     args = argv[1:]
-    if any(_flag(args, (f,)) is not None for f in _ROUTER_FLAGS):
+    if any(flag_value(args, (f,)) is not None for f in _ROUTER_FLAGS):
         return True
     return has_instances and all(
-        _flag(args, (f,)) is None
+        flag_value(args, (f,)) is None
         for f in ("-m", "--model", "-hf", "--hf-repo", "-hfr", "--alias", "-a")
     )
 
@@ -346,8 +336,8 @@ def is_router(argv: Sequence[str], has_instances: bool = False) -> bool:
 def router_url(argv: Sequence[str]) -> str:
     """The router's base URL from its command line: ``--host`` (``0.0.0.0``, ``::`` and an
     empty host mean loopback) and ``--port`` (llama-server's defaults: 127.0.0.1:8080)."""
-    host = _flag(argv[1:], _HOST_FLAGS) or "127.0.0.1"
-    port = _flag(argv[1:], _PORT_FLAGS) or "8080"
+    host = flag_value(argv[1:], _HOST_FLAGS) or "127.0.0.1"
+    port = flag_value(argv[1:], _PORT_FLAGS) or "8080"
     if host in ("0.0.0.0", "", "::", "[::]"):
         host = "127.0.0.1"
     if ":" in host and not host.startswith("["):
@@ -418,8 +408,8 @@ class RouterModels:
                 if pid in mapping:
                     continue
                 named = {
-                    v for v in (_flag(argv[1:], ("-m", "--model")),
-                                _flag(argv[1:], ("--alias", "-a"))) if v
+                    v for v in (flag_value(argv[1:], ("-m", "--model")),
+                                flag_value(argv[1:], ("--alias", "-a"))) if v
                 }  # fmt: skip
                 named |= {os.path.realpath(v) for v in named}
                 if named & names:

@@ -376,7 +376,7 @@ class Watchdog:
         self.planner = planner
         self._stopper: Stopper = stopper or self._signal_stop
         self._blocks = RespawnBlocks(state_dir)
-        self._managed: tuple[Target, ...] = ()
+        self._ticked: Sequence[TargetLike] = ()  # the latest tick's targets, for the gate
         # Identities whose stop found them gone already: never planned again (a zombie used
         # to be "evicted" every tick, issue 13). Bounded: one entry per exited target.
         self._spent: collections.deque[tuple[int, float]] = collections.deque(maxlen=256)
@@ -388,7 +388,7 @@ class Watchdog:
         self._inflight: _InFlight | None = None
         self.gate = SafetyGate(
             self._stop_sampler,
-            adopted if adopted is not None else lambda: self._managed,
+            adopted if adopted is not None else self._ticked_targets,
             lambda: self.planner.policy.floor if self.planner is not None else 1,
         )
         self._eviction_times: collections.deque[float] = collections.deque(maxlen=1000)
@@ -568,7 +568,7 @@ class Watchdog:
             self.classifier.stop_seconds = self.planner.policy.grace + RECLAIM_SECONDS
         assessment = self.classifier.assess(system, now)
         processes = {t.key: self._live(t, by_pid[t.pid]) for t in targets}
-        self._managed = tuple(t for t in targets if isinstance(t, Target))
+        self._ticked = targets
         plan = None
         flight = None
         if self.planner is not None:
@@ -651,6 +651,10 @@ class Watchdog:
         if not sample.rss and is_zombie(self.sampler.root, target.pid):
             return NoSuchProcess("exited (zombie, not yet reaped)", pid=target.pid)
         return sample
+
+    def _ticked_targets(self) -> tuple[Target, ...]:
+        """The managed targets of the latest tick (filtered only when the gate asks)."""
+        return tuple(t for t in self._ticked if isinstance(t, Target))
 
     def _signal_stop(self, target: Target, sampler: Sampler) -> StopRecord:
         return stop(target, sampler=sampler, gate=self.gate.check)

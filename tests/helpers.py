@@ -265,27 +265,3 @@ def spawn_child_at_pid(pid: int, *, attempts: int = 50, **kwargs: Any) -> Child:
             return child
         reap(child.pid)
     raise RuntimeError(f"could not get pid {pid} in {attempts} attempts")
-
-
-def skip_unless_available_follows_allocations(sampler: Any, mib: int = 512) -> None:
-    """Skip the calling test where host-wide ``available`` does not follow one process's
-    allocation both ways: on a VM whose balloon gives pages to the guest as it allocates and
-    takes them back (virtio balloon, free page reporting; seen on this workplace's machines, a
-    256 MiB allocation moved MemAvailable by 0), a host-wide level cannot show an allocation
-    coming and going. Tests that can use a memory cgroup of their own should."""
-    import pytest
-
-    before = sampler.system().available
-    child = spawn_child(allocate_mib=mib)
-    try:
-        during = sampler.system().available
-    finally:
-        reap(child.pid)
-    after = sampler.system().available
-    want = 0.9 * (mib << 20)
-    if None in (before, during, after) or before - during < want or after - during < want:
-        pytest.skip(
-            f"available memory went {before} -> {during} -> {after} bytes for a {mib} MiB "
-            "allocation and its release: this host's memory is adjusted under it (a VM "
-            "balloon), so a host-wide level cannot track one allocation"
-        )

@@ -71,20 +71,34 @@ def _untouched(child: Child) -> None:
 # --- 1. pid reuse ------------------------------------------------------------------------------
 
 
-@needs_pids
-def test_reload_keeps_the_pin_so_a_reused_pid_is_not_adopted(
+def _batch_and_keeper(
     tmp_path: pathlib.Path, children: Children
-) -> None:
+) -> tuple[Child, Child, pathlib.Path, list[str]]:
+    """A batch model ``v`` and a high-priority keeper as ``pid =`` targets, the host NORMAL."""
     victim = children.spawn(allocate_mib=16)
     keeper = children.spawn(allocate_mib=8, signal_log=tmp_path / "keeper")
     config = tmp_path / "agent.toml"
     targets = [_target("v", victim.pid, "batch"), _target("keeper", keeper.pid, "high")]
     _config(config, targets, CALM)
+    return victim, keeper, config, targets
+
+
+def _stranger_at(pid: int, tmp_path: pathlib.Path, children: Children) -> Child:
+    """An unrelated process that gets ``pid`` (real pid reuse), reaped with the test's."""
+    stranger = spawn_child_at_pid(pid, signal_log=tmp_path / "stranger")
+    children.pids.append(stranger.pid)
+    return stranger
+
+
+@needs_pids
+def test_reload_keeps_the_pin_so_a_reused_pid_is_not_adopted(
+    tmp_path: pathlib.Path, children: Children
+) -> None:
+    victim, keeper, config, targets = _batch_and_keeper(tmp_path, children)
     with _agent(config, tmp_path, "agent.log") as agent:
         wait_for(lambda: "event=target_added key=v " in agent.log(), timeout=10, what="adopted")
         reap(victim.pid)
-        stranger = spawn_child_at_pid(victim.pid, signal_log=tmp_path / "stranger")
-        children.pids.append(stranger.pid)
+        stranger = _stranger_at(victim.pid, tmp_path, children)
         # The reload changes the target list (the tracker used to be rebuilt and forget pins)
         # and makes the host CRITICAL: the stranger would be the batch victim.
         third = children.spawn(allocate_mib=4, signal_log=tmp_path / "third")
@@ -102,18 +116,13 @@ def test_reload_keeps_the_pin_so_a_reused_pid_is_not_adopted(
 def test_restart_reads_the_pins_so_a_reused_pid_is_not_adopted(
     tmp_path: pathlib.Path, children: Children
 ) -> None:
-    victim = children.spawn(allocate_mib=16)
-    keeper = children.spawn(allocate_mib=8, signal_log=tmp_path / "keeper")
-    config = tmp_path / "agent.toml"
-    targets = [_target("v", victim.pid, "batch"), _target("keeper", keeper.pid, "high")]
-    _config(config, targets, CALM)
+    victim, keeper, config, targets = _batch_and_keeper(tmp_path, children)
     with _agent(config, tmp_path, "first.log") as agent:
         wait_for(lambda: "event=target_added key=v " in agent.log(), timeout=10, what="adopted")
     pins = json.loads((tmp_path / "state" / "pins.json").read_text())
     assert pins["pins"]["v"]["pid"] == victim.pid
     reap(victim.pid)  # the model exits while the agent is down
-    stranger = spawn_child_at_pid(victim.pid, signal_log=tmp_path / "stranger")
-    children.pids.append(stranger.pid)
+    stranger = _stranger_at(victim.pid, tmp_path, children)
     _config(config, targets)  # and the host is CRITICAL when it comes back
     with _agent(config, tmp_path, "second.log") as agent:
         wait_for(lambda: "event=target_pid_reused key=v " in agent.log(), timeout=15,
@@ -135,8 +144,7 @@ def test_a_pid_absent_at_start_is_never_adopted(tmp_path: pathlib.Path, children
     with _agent(config, tmp_path, "agent.log") as agent:
         wait_for(lambda: "event=target_pid_absent key=v " in agent.log(), timeout=10,
                  what="the absent pid noted")  # fmt: skip
-        stranger = spawn_child_at_pid(free_pid, signal_log=tmp_path / "stranger")
-        children.pids.append(stranger.pid)
+        stranger = _stranger_at(free_pid, tmp_path, children)
         wait_for(lambda: f"event=target_pid_reused key=v pid={free_pid} " in agent.log(),
                  timeout=15, what="the late pid refused at the next refresh")  # fmt: skip
         _untouched(stranger)
