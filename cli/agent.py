@@ -311,7 +311,7 @@ class Agent:
         record: IO[str] | None = None,
         systemd: SystemdNotifier | None = None,
     ) -> None:
-        from metalmem.metrics import AgentStats, MetalmemCollector, SampleDurations, make_registry
+        from metalmem.metrics import AgentStats, MetalmemCollector, SampleDurations
         from metalmem.server import Server, make_app
 
         self.settings = settings
@@ -343,7 +343,7 @@ class Agent:
         self.planner = Planner(settings.eviction, settings.pressure)
         # The library logs levels, evictions, skips and stops itself (key=value lines);
         # the agent adds only what it owns.
-        listeners = Listeners(on_sample=[self._on_sample])
+        listeners = Listeners(on_sample=[self._on_sample] if record is not None else [])
         self.reporter = self._make_reporter(settings)
         if self.reporter is not None:
             self.reporter.attach(listeners)
@@ -365,6 +365,7 @@ class Agent:
             state_dir=settings.state_dir,
             stopper=self.reporter.stopper if self.reporter is not None else None,
             adopted=lambda: self._tracker.targets,
+            durations=self.durations,
         )
         if self.reporter is not None:  # one gate for both stop paths (issue 13)
             self.watchdog.gate.metadata = self.reporter.metadata
@@ -380,7 +381,7 @@ class Agent:
         )
         app = make_app(
             self._state,
-            make_registry(collector),
+            collector,
             version=metalmem.__version__,
             interval=lambda: self.watchdog.interval,
             watchdog_enabled=settings.interval > 0,
@@ -480,7 +481,6 @@ class Agent:
 
     # -- listeners (notifier thread) ---------------------------------------------------------
     def _on_sample(self, state: State) -> None:
-        self.durations.observe(state.sample_duration)
         if self._record is not None and state.system is not None:
             from metalmem.replay import record_line
 

@@ -7,7 +7,13 @@ pattern). The only accumulators here are the few that cannot be rebuilt from a s
 
 - :class:`AgentStats`: counters of the agent around the watchdog (config reloads, the
   Kubernetes reporter's writes and drops); their owners increment them, the collector reads them;
-- :class:`SampleDurations`: the histogram of tick durations, fed from ``Listeners.on_sample``.
+- :class:`SampleDurations` (metalmem/durations.py): the histogram of tick durations, fed by
+  the watchdog on its loop thread.
+
+The agent's own /metrics is written by :meth:`MetalmemCollector.exposition` (metalmem/
+exposition.py) without prometheus-client; :meth:`MetalmemCollector.collect` hands the same
+families to a prometheus-client registry (a host application's), which is the only path that
+imports it.
 
 Names follow node_exporter: ``metalmem_`` prefix, base units (bytes, seconds), counters end in
 ``_total``. Labels never carry pids: a per-target series is labelled by the target's key
@@ -19,7 +25,6 @@ Every family is always exposed (HELP and TYPE); a value the platform cannot prov
 
 from __future__ import annotations
 
-import bisect
 import collections
 import functools
 import math
@@ -27,25 +32,22 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import CollectorRegistry
-from prometheus_client.samples import Sample
-
+from . import exposition
+from .durations import SAMPLE_DURATION_BUCKETS, SampleDurations
 from .eviction import EvictionMode, SkipReason
 from .kube import WriteKind, WriteResult
 from .level import Level
 from .pressure import SIGNAL_TABLE, Derived, PressurePolicy, Signal, threshold_bytes
 from .process import StopResult
 from .sampler import ProcessMemory
+from .selfstats import self_families
 from .watchdog import State
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import CollectorRegistry
 
 __all__ = [
     "METRIC_NAMES",
@@ -114,77 +116,18 @@ class AgentStats:
             }
 
 
-# Tick durations: ~20-60 us for a host sample plus 16 targets on Linux (benchmarks/), up to
-# whole seconds when a tick carries a stop and its grace period; 1-2.5-5 steps cover both.
-SAMPLE_DURATION_BUCKETS: tuple[float, ...] = (
-    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4,
-    1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-)  # fmt: skip
-
-
-class SampleDurations:
-    """A thread-safe histogram of tick durations in seconds (fixed buckets, 1 us to 1 s).
-
-    The watchdog measures each tick (``State.sample_duration``) but keeps only the latest; a
-    histogram needs every one, so the agent feeds :meth:`on_sample` from
-    ``Listeners.on_sample``. A tick whose listener call was dropped (full notifier queue,
-    counted as ``listener_drops``) is missing here too.
-    """
-
-    __slots__ = ("_counts", "_lock", "_sum", "buckets")
-
-    def __init__(self, buckets: tuple[float, ...] = SAMPLE_DURATION_BUCKETS) -> None:
-        if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
-            raise ValueError(f"buckets must be increasing and > 0, got {buckets!r}")
-        self.buckets = tuple(float(b) for b in buckets)
-        self._counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
-        self._sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, seconds: float) -> None:
-        """Count one duration; a negative or non-finite value is ignored (a clock bug, not a
-        sample)."""
-        if not math.isfinite(seconds) or seconds < 0:
-            return
-        i = bisect.bisect_left(self.buckets, seconds)  # le: a value on a bound counts there
-        with self._lock:
-            self._counts[i] += 1
-            self._sum += seconds
-
-    def on_sample(self, state: State) -> None:
-        """``Listeners.on_sample`` callback: observe the tick's duration."""
-        self.observe(state.sample_duration)
-
-    def snapshot(self) -> tuple[list[tuple[str, int]], float, int]:
-        """``(cumulative buckets as (le, count) with +Inf last, sum, count)``, consistent."""
-        with self._lock:
-            counts = list(self._counts)
-            total = self._sum
-        out = []
-        running = 0
-        for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
-            running += n
-            out.append(("+Inf" if bound == math.inf else repr(bound), running))
-        return out, total, running
-
-
 # --- the families ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Family:
-    """One exported family: its exposed name (counters with ``_total``), type, help, labels."""
+class _Family(exposition.Family):
+    """An exported family (exposition.Family) that prometheus-client can also be handed."""
 
-    name: str
-    kind: str  # gauge | counter | histogram
-    doc: str
-    labels: tuple[str, ...] = ()
-    unit: str = ""
+    __slots__ = ()
 
     def empty(self) -> Metric:
-        """A fresh family without samples. The constructor (name validation, the unit suffix)
-        runs once per family; later ones are copies of that template, since a scrape makes
-        ~30 of them (measured: 21 us -> 6 us per collect)."""
+        """A fresh prometheus-client family without samples. The constructor (name
+        validation, the unit suffix) runs once per family; later ones are copies of that
+        template, since a collect makes ~30 of them (measured: 21 us -> 6 us per collect)."""
         template = _TEMPLATES.get(self.name)
         if template is None:
             template = _TEMPLATES[self.name] = self._construct()
@@ -194,15 +137,20 @@ class _Family:
         return metric
 
     def _construct(self) -> Metric:
-        base = self.name.removesuffix("_total") if self.kind == "counter" else self.name
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         if self.kind == "counter":
-            return CounterMetricFamily(base, self.doc, labels=self.labels, unit=self.unit)
+            return CounterMetricFamily(self.base, self.doc, labels=self.labels, unit=self.unit)
         if self.kind == "histogram":
-            return HistogramMetricFamily(base, self.doc, labels=self.labels, unit=self.unit)
-        return GaugeMetricFamily(base, self.doc, labels=self.labels, unit=self.unit)
+            return HistogramMetricFamily(self.name, self.doc, labels=self.labels, unit=self.unit)
+        return GaugeMetricFamily(self.name, self.doc, labels=self.labels, unit=self.unit)
 
 
-_TEMPLATES: dict[str, Metric] = {}
+_TEMPLATES: dict[str, Any] = {}
 
 _TARGET = ("target", "target_namespace")  # not "namespace": a scrape label in a cluster
 
@@ -430,9 +378,10 @@ class MetalmemCollector:
     ``durations`` are optional: their families are left out when not given; so are the
     thresholds without ``policy`` (the classifier's policy in force: a reload changes it, so it is
     read at every scrape), and the interval without ``interval`` (the configured one, not the
-    adaptive wait of ``State.interval``). ``clock`` must be
-    the watchdog's (``time.monotonic`` unless a test injects one): heartbeat and sample ages
-    are measured on it. ``describe()`` is implemented, so registering collects nothing.
+    adaptive wait of ``State.interval``). ``clock`` must be the watchdog's (``time.monotonic``
+    unless a test injects one): heartbeat and sample ages are measured on it, and ``wall``
+    (``time.time``) turns them into Unix time. ``describe()`` is implemented, so registering
+    collects nothing.
     """
 
     def __init__(
@@ -444,6 +393,7 @@ class MetalmemCollector:
         version: str,
         platform: str,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         policy: Callable[[], PressurePolicy] | None = None,
         interval: Callable[[], float] | None = None,
     ) -> None:
@@ -455,30 +405,57 @@ class MetalmemCollector:
         self._version = version
         self._platform = platform
         self._clock = clock
+        self._wall = wall
 
     def describe(self) -> Iterator[Metric]:
         """Every family, without samples (names only: the registry checks for duplicates)."""
         for family in _FAMILIES:
             yield family.empty()
 
-    def collect(self) -> Iterator[Metric]:
-        """Fresh families from the latest State (and the stats), built on the scraping thread.
+    def families(self) -> list[tuple[_Family, list[exposition.Series]]]:
+        """Every family with its samples from the latest State (and the stats), built on the
+        calling (scraping) thread.
 
-        Every family of :data:`METRIC_NAMES` is always exposed (its HELP and TYPE), so a
+        Every family of :data:`METRIC_NAMES` is always present (its HELP and TYPE), so a
         scraper can tell "unknown here" (a family without samples) from a missing exporter.
         """
         state = self._state()
         now = self._clock()
-        out: dict[str, Metric] = {f.name: f.empty() for f in _FAMILIES}
+        out: _Out = {f.name: [] for f in _FAMILIES}
         self._system(out, state, now)
         self._pressure(out, state)
         self._thresholds(out, state)
         self._processes(out, state)
         self._eviction(out, state)
         self._agent(out, state, now)
-        yield from out.values()
+        return [(f, out[f.name]) for f in _FAMILIES]
 
-    def _system(self, out: dict[str, Metric], state: State, now: float) -> None:
+    def collect(self) -> Iterator[Metric]:
+        """The families as prometheus-client metrics (for a registry of the host
+        application's); the agent's own /metrics uses :meth:`exposition` instead."""
+        for family, series in self.families():
+            metric = family.empty()
+            metric.samples = [_sample(s) for s in series]
+            yield metric
+
+    def exposition(
+        self, *, openmetrics: bool = False, self_metrics: bool = True, names: Any = None
+    ) -> bytes:
+        """The scrape's body in the text format (or OpenMetrics), written without
+        prometheus-client, byte for byte what its ``generate_latest`` writes for
+        :meth:`collect` (plus, with ``self_metrics``, its process and platform collectors).
+        ``names`` (a collection of sample names) keeps only those samples, and the families
+        that have one, as prometheus-client's ``name[]`` parameter does."""
+        families: list[tuple[Any, list[exposition.Series]]] = list(self.families())
+        if self_metrics:
+            families.extend(self_families())
+        if names is not None:
+            wanted = set(names)
+            kept = ((f, [x for x in s if x[0] in wanted]) for f, s in families)
+            families = [(f, s) for f, s in kept if s]
+        return exposition.render(families, openmetrics)
+
+    def _system(self, out: _Out, state: State, now: float) -> None:
         system = state.system
         if system is None:
             return
@@ -486,9 +463,9 @@ class MetalmemCollector:
             _add(out, family, (), getattr(system, field))
         _add(out, _OOM_KILLS, (), system.oom_kills)
         # The sample's monotonic time turned into wall time through the clock's age of it.
-        _add(out, _LAST_SAMPLE, (), time.time() - (now - system.timestamp))
+        _add(out, _LAST_SAMPLE, (), self._wall() - (now - system.timestamp))
 
-    def _pressure(self, out: dict[str, Metric], state: State) -> None:
+    def _pressure(self, out: _Out, state: State) -> None:
         a = state.assessment
         if a is None:
             return
@@ -507,7 +484,7 @@ class MetalmemCollector:
                     None if observed is None else observed * scale,
                 )
 
-    def _thresholds(self, out: dict[str, Metric], state: State) -> None:
+    def _thresholds(self, out: _Out, state: State) -> None:
         """The thresholds in force, in the units of the signals they compare with."""
         if self._policy is None:
             return
@@ -529,7 +506,7 @@ class MetalmemCollector:
             ):
                 _add(out, _AVAILABLE_THRESHOLD, (name,), threshold_bytes(fraction, total))
 
-    def _processes(self, out: dict[str, Metric], state: State) -> None:
+    def _processes(self, out: _Out, state: State) -> None:
         footprint: dict[tuple[str, str], int] = {}
         rss: dict[tuple[str, str], int] = {}
         for key, sample in state.processes.items():
@@ -546,7 +523,7 @@ class MetalmemCollector:
         _add(out, _TARGETS, (), len(state.targets))
         _add(out, _BLOCKED, (), len(state.blocked))
 
-    def _eviction(self, out: dict[str, Metric], state: State) -> None:
+    def _eviction(self, out: _Out, state: State) -> None:
         for m in EvictionMode:
             _add(out, _MODE, (m.value,), 1 if m == state.mode else 0)
         # Every known (reason, result) from 0: increase() cannot see a series' first sample,
@@ -561,12 +538,15 @@ class MetalmemCollector:
             _add(out, _SKIPPED, (reason,), state.skip_counts.get(reason, 0))
         _add(out, _RECLAIMED, (), state.reclaimed_total)
 
-    def _agent(self, out: dict[str, Metric], state: State, now: float) -> None:
+    def _agent(self, out: _Out, state: State, now: float) -> None:
         if self._durations is not None:
             buckets, total, _count = self._durations.snapshot()
-            hist = out[_DURATION.name]
-            assert isinstance(hist, HistogramMetricFamily)
-            hist.add_metric([], buckets, total)
+            series = out[_DURATION.name]
+            name = _DURATION.name
+            for le, n in buckets:
+                series.append((name + "_bucket", ("le",), (le,), n))
+            series.append((name + "_count", (), (), buckets[-1][1]))
+            series.append((name + "_sum", (), (), total))
         _add(out, _HEARTBEAT_AGE, (), now - state.heartbeat)
         if self._interval is not None:
             _add(out, _INTERVAL, (), self._interval())
@@ -590,36 +570,39 @@ class MetalmemCollector:
         _add(out, _BUILD, (self._version, self._platform), 1)
 
 
-_NO_LABELS: dict[str, str] = {}  # shared by unlabelled samples: exposition only reads it
+_Out = dict[str, list[exposition.Series]]
 _isfinite = math.isfinite
 
 
-def _add(
-    out: dict[str, Metric], family: _Family, labels: tuple[str, ...], value: float | None
-) -> None:
-    """One sample into ``family``'s fresh metric; ``None`` (or NaN, inf) adds nothing.
-
-    Appends the ``Sample`` that ``add_metric`` would (a counter's sample is ``<name>_total``:
-    ``family.name``), without its per-call list and zip: a scrape adds ~80 of them."""
+def _add(out: _Out, family: _Family, labels: tuple[str, ...], value: float | None) -> None:
+    """One sample into ``family``; ``None`` (or NaN, inf) adds nothing (a counter's sample
+    is ``<name>_total``: ``family.name``)."""
     if value is None or (value.__class__ is float and not _isfinite(value)):
         return
-    key = (family.name, labels, value.__class__, value)
+    out[family.name].append((family.name, family.labels, labels, value))
+
+
+def _sample(series: exposition.Series) -> Any:
+    """The prometheus-client ``Sample`` of one series. Most repeat collect after collect
+    (counters at rest, thresholds, modes, build info): ``Sample`` is immutable, so the one
+    built last time is reused. Keyed by the value's type too, so 1 and 1.0 (equal, hashed
+    alike) keep their own rendering. Bounded: cleared when full."""
+    name, names, values, value = series
+    key = (name, names, values, value.__class__, value)
     sample = _SAMPLES.get(key)
     if sample is None:
+        from prometheus_client.samples import Sample
+
         if len(_SAMPLES) >= _SAMPLES_MAX:
             _SAMPLES.clear()  # values that moved on; the ones still current come back at once
         sample = _SAMPLES[key] = Sample(
-            family.name, dict(zip(family.labels, labels, strict=True)) if labels else _NO_LABELS,
-            value, None, None,
-        )  # fmt: skip
-    out[family.name].samples.append(sample)
+            name, dict(zip(names, values, strict=True)) if names else _NO_LABELS, value, None, None
+        )
+    return sample
 
 
-# Most samples repeat scrape after scrape (counters at rest, thresholds, modes, build info):
-# Sample is immutable, so the one built last time is reused (issue 15: building ~150 Samples
-# and their label dicts was most of a collect at 16 targets). Keyed by the value's type too,
-# so 1 and 1.0 (equal, hashed alike) keep their own rendering. Bounded: cleared when full.
-_SAMPLES: dict[tuple[str, tuple[str, ...], type, float], Sample] = {}
+_NO_LABELS: dict[str, str] = {}  # shared by unlabelled samples: exposition only reads it
+_SAMPLES: dict[tuple[str, tuple[str, ...], tuple[str, ...], type, float], Any] = {}
 _SAMPLES_MAX = 8192
 
 
@@ -632,6 +615,7 @@ def make_registry(collector: MetalmemCollector, *, self_metrics: bool = True) ->
     the interpreter. Benchmarks of the collector alone pass ``self_metrics=False``.
     """
     from prometheus_client import PlatformCollector, ProcessCollector
+    from prometheus_client.registry import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=True)
     registry.register(collector)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -175,7 +174,11 @@ def infer_interval(timestamps: Iterable[float], default: float = 2.0) -> float:
         if prev is not None and t > prev:
             gaps.append(t - prev)
         prev = t
-    return statistics.median(gaps) if gaps else default
+    if not gaps:
+        return default
+    gaps.sort()  # the median, without statistics (it imports decimal and fractions)
+    mid = len(gaps) // 2
+    return gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
 
 
 def replay(

@@ -3,9 +3,10 @@
 A stdlib WSGI app served by ``wsgiref`` with one daemon thread per request: no framework, no
 event loop, nothing to install. Every endpoint only *reads* the watchdog's latest
 :class:`State` (STYLE rule 14), so a scrape never waits for the loop and the loop never
-waits for a scrape. ``/metrics`` is prometheus-client's own app over our registry, so content
-negotiation (OpenMetrics when the scraper's ``Accept`` asks for it), gzip and ``name[]``
-filtering come from the library. Request logs go to this module's logger at DEBUG.
+waits for a scrape. ``/metrics`` is written by metalmem/exposition.py (the text format, or
+OpenMetrics when the scraper's ``Accept`` asks for it; gzip when accepted; ``name[]``
+filtering), or by prometheus-client's own app over a registry a host application passes.
+Request logs go to this module's logger at DEBUG.
 """
 
 from __future__ import annotations
@@ -24,16 +25,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import make_wsgi_app
-from prometheus_client.registry import CollectorRegistry
-
+from .exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, wants_openmetrics
 from .pressure import SIGNAL_TABLE, PressurePolicy, assessment_to_dict
 from .sampler import ProcessMemory
 from .watchdog import EvictionRecord, SkipRecord, State, TargetLike
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +257,16 @@ def heartbeat_health(state: State, now: float, interval: float) -> Health:
 # --- the WSGI app ----------------------------------------------------------------------------
 
 _Response = tuple[str, list[tuple[str, str]], bytes]
+
+
+class Exposition(Protocol):
+    """What /metrics renders: :class:`metalmem.metrics.MetalmemCollector` is one."""
+
+    def exposition(self, *, openmetrics: bool = ..., names: Any = ...) -> bytes: ...
+
+
+GZIP_MIN = 1024
+"""Bodies below this many bytes are sent as they are even when gzip is accepted."""
 _TEXT = "text/plain; charset=utf-8"
 
 
@@ -264,7 +276,7 @@ def _text(status: str, body: str) -> _Response:
 
 def make_app(
     state: Callable[[], State],
-    registry: CollectorRegistry,
+    registry: Exposition | CollectorRegistry,
     *,
     version: str,
     interval: Callable[[], float],
@@ -286,7 +298,7 @@ def make_app(
     methods than GET and HEAD 405. A failure inside a handler is logged and answered 500;
     it never reaches the server thread.
     """
-    metrics_app = make_wsgi_app(registry)
+    metrics_app = _metrics_app(registry)
     was_healthy = [True]  # logged on change only (STYLE rule 17); a race only repeats a line
 
     def healthz() -> _Response:
@@ -362,7 +374,7 @@ def make_app(
     def _metrics(
         environ: WSGIEnvironment, start_response: StartResponse, method: str
     ) -> Iterable[bytes]:
-        if method == "HEAD":  # prometheus-client answers GET only: render it, drop the body
+        if method == "HEAD":  # answered as GET, without the body
             environ = {**environ, "REQUEST_METHOD": "GET"}
         answer: list[tuple[str, list[tuple[str, str]]]] = []
 
@@ -379,6 +391,38 @@ def make_app(
         headers.append(("Content-Length", str(len(body))))  # for HEAD too: the GET's length
         start_response(status, headers)
         return [b""] if method == "HEAD" else [body]
+
+    return app
+
+
+def _metrics_app(registry: Exposition | CollectorRegistry) -> WSGIApplication:
+    """/metrics: our own exposition (no prometheus-client on the agent's path), or
+    prometheus-client's app over a registry that a host application passed."""
+    if not hasattr(registry, "exposition"):
+        from prometheus_client import make_wsgi_app
+
+        return cast("WSGIApplication", make_wsgi_app(registry))
+    source = cast(Exposition, registry)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        openmetrics = wants_openmetrics(environ.get("HTTP_ACCEPT"))
+        names = None
+        query = environ.get("QUERY_STRING", "")
+        if "name" in query:
+            from urllib.parse import parse_qs
+
+            names = parse_qs(query).get("name[]")
+        body = source.exposition(openmetrics=openmetrics, names=names)
+        ctype = CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT
+        headers = [("Content-Type", ctype)]
+        if len(body) >= GZIP_MIN and "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            import zlib
+
+            packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip framing, fastest level
+            body = packer.compress(body) + packer.flush()
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", headers)
+        return [body]
 
     return app
 

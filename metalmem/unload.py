@@ -47,9 +47,7 @@ import logging
 import os
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -218,6 +216,9 @@ def parse_unload(table: Mapping[str, Any], name: str | None) -> UnloadAction | N
 
 def _call(action: UnloadAction, timeout: float) -> tuple[bool, str]:
     """Send the unload request; ``(accepted, what the server said)``."""
+    import urllib.error  # here, not at import: urllib.request brings ssl, email, http (~8 MiB)
+    import urllib.request
+
     method, url, data = action.request()
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
@@ -422,5 +423,7 @@ class RouterModels:
 
 
 def _get_json(url: str, timeout: float) -> Any:
+    import urllib.request
+
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read(1 << 20))

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from .durations import SampleDurations
 from .errors import Error, NoSuchProcess
 from .eviction import EvictionMode, Plan, Planner, SkipReason
 from .gate import Refusal, SafetyGate
@@ -327,7 +328,8 @@ class Watchdog:
     :func:`metalmem.process.stop`); whichever it is, :attr:`gate` (the safety gate) checks the
     victim right before it is called, and the default stopper asks the gate again right
     before its first signal. ``adopted`` returns the targets as the tracker adopted them, for
-    the gate (default: the targets of the latest tick). ``clock`` is injectable for tests.
+    the gate (default: the targets of the latest tick). ``durations`` (optional) counts every
+    tick's duration, on the loop thread. ``clock`` is injectable for tests.
     """
 
     def __init__(
@@ -346,6 +348,7 @@ class Watchdog:
         state_dir: str | None = None,
         stopper: Stopper | None = None,
         adopted: Callable[[], Sequence[Target]] | None = None,
+        durations: SampleDurations | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if interval <= 0 or min_interval <= 0 or min_interval > interval:
@@ -357,6 +360,8 @@ class Watchdog:
         self.interval = interval
         self.min_interval = min_interval
         self.listeners = listeners or Listeners()
+        # Observed on this thread: a listener would wake the notifier every tick (issue 15).
+        self.durations = durations
         self._events = events
         self._clock = clock
         self._history: Ring[HistoryPoint] = Ring(history)
@@ -581,6 +586,8 @@ class Watchdog:
         self._level = assessment.level
         self._count("ticks")
         duration = time.perf_counter() - t0
+        if self.durations is not None:
+            self.durations.observe(duration)
         with self._counter_lock:
             counters = dict(self._counters)
         state = State(
