@@ -27,7 +27,7 @@ from metalmem.eviction import EvictionMode, EvictionPolicy, Planner
 from metalmem.metrics import AgentStats, MetalmemCollector, SampleDurations
 from metalmem.pressure import Classifier, PressurePolicy
 from metalmem.targets import Priority, Target
-from metalmem.watchdog import Listeners, Watchdog
+from metalmem.watchdog import Watchdog
 
 from .common import QUICK, QUIET
 
@@ -132,7 +132,7 @@ def enforce_policy() -> EvictionPolicy:
 
 class Loop:
     """A watchdog (ticked by the benchmark, never started) and the collector over its state,
-    wired as the agent wires them (SampleDurations fed by on_sample)."""
+    wired as the agent wires them (SampleDurations fed by the watchdog's tick)."""
 
     def __init__(
         self, sampler: metalmem.Sampler, targets: Sequence[Target], *, critical: bool
@@ -152,7 +152,7 @@ class Loop:
             list(targets),
             interval=1.0,
             planner=Planner(eviction, pressure),
-            listeners=Listeners(on_sample=[self.durations.on_sample]),
+            durations=self.durations,
         )
         self.collector = MetalmemCollector(
             lambda: self.dog.state,
@@ -165,14 +165,15 @@ class Loop:
         self.collects: list[float] = []
 
     def full_tick(self) -> int:
-        """One tick (sample, assess, plan, publish) and one collect over its State; returns
-        the number of families so nothing is optimised away. Keeps the split of each."""
+        """One tick (sample, assess, plan, publish) and one scrape's body over its State, as
+        the agent's /metrics writes it (families, text, its own process metrics); returns
+        the body's size so nothing is optimised away. Keeps the split of each."""
         state = self.dog.tick()
         t0 = time.perf_counter()
-        families = len(list(self.collector.collect()))
+        size = len(self.collector.exposition())
         self.collects.append(time.perf_counter() - t0)
         self.ticks.append(state.sample_duration)
-        return families
+        return size
 
 
 @pytest.hookimpl(tryfirst=True)

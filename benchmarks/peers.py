@@ -6,8 +6,14 @@ the agent's cost of discovery at 64 processes.
 
     python benchmarks/peers.py --json benchmarks/peers.json [--duration 120]
 
-Setup: node_exporter and earlyoom are installed from Debian (apt-get, as root) when missing;
-where that cannot be done the peer is skipped with one line saying why. CPU of each process
+The scraper is a real Prometheus (Debian's package ``prometheus``, which ``make test`` installs
+for promtool) with ``scrape_interval: 1s`` over both exporters: its own Accept header
+(OpenMetrics first), gzip and kept-alive connections, as in production; it also reports each
+exporter's scrape duration and samples. Without it, a Python scraper sends Prometheus 2's
+headers over a kept-alive connection instead (said in the report).
+
+Setup: node_exporter, earlyoom and prometheus are installed from Debian (apt-get, as root) when
+missing; where that cannot be done the peer is skipped with one line saying why. CPU of each process
 and all its threads from a cgroup2 group of its own (benchmarks/soak_agent.py ``CpuMeter``),
 RSS from VmRSS at the end. Idle wake-ups: voluntary context switches of every thread over a
 window with no scrapes (being preempted on a loaded machine is not a wake-up).
@@ -37,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -57,7 +64,16 @@ NODE_ARGS = [
     "--collector.vmstat",
 ]
 EARLYOOM_ARGS = ["-r", "3600"]  # Debian's /etc/default/earlyoom
-PACKAGES = {"node_exporter": "prometheus-node-exporter", "earlyoom": "earlyoom"}
+PACKAGES = {
+    "node_exporter": "prometheus-node-exporter",
+    "earlyoom": "earlyoom",
+    "prometheus": "prometheus",
+}
+# What Prometheus 2.42 sends (scrape.go, acceptHeader): OpenMetrics first, then the text format.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
 
 
 def _which(names: tuple[str, ...]) -> str | None:
@@ -196,18 +212,24 @@ def side_by_side(work: pathlib.Path, duration: float, idle: float) -> dict[str, 
         meters = {name: CpuMeter(p.pid) for name, p in procs.items()}
         for m in meters.values():
             stack.callback(m.close)
+        samples = {name: _samples(_get(url)) for name, url in urls.items()}
+        prom, why = ensure("prometheus", ("prometheus",))
+        scraper: Any
+        if prom:
+            scraper = stack.enter_context(_prometheus(prom, work, urls))
+            out["scraper"] = "prometheus " + _version(prom)
+        else:
+            print(f"peers: {why}; a Python scraper sends Prometheus' headers instead", flush=True)
+            scraper = stack.enter_context(_python_scraper(urls))
+            out["scraper"] = f"python (Prometheus 2.42's headers, kept alive); {why}"
         time.sleep(3.0)  # start-up is not the steady state
-        samples: dict[str, int] = {}
         cpu0 = {n: m.seconds() for n, m in meters.items()}
         t0 = time.monotonic()
-        next_scrape = t0
-        while time.monotonic() - t0 < duration:
-            for name, url in urls.items():
-                samples[name] = _samples(_get(url))
-            next_scrape += 1.0
-            time.sleep(max(0.0, next_scrape - time.monotonic()))
+        time.sleep(duration)
         elapsed = time.monotonic() - t0
         cpu1 = {n: m.seconds() for n, m in meters.items()}
+        out["scrapes"] = scraper.report()
+        scraper.stop()  # idle: no scrapes from here on
         # Idle: no scrapes; every thread's voluntary switches.
         time.sleep(1.0)
         w0 = {n: voluntary_switches(p.pid) for n, p in procs.items()}
@@ -222,9 +244,124 @@ def side_by_side(work: pathlib.Path, duration: float, idle: float) -> dict[str, 
                 "idle_wakeups_per_s": round(sum(_woken(w0[name], w1[name]).values()) / idle, 2),
                 "idle_wakeups_by_thread": _woken(w0[name], w1[name]),
                 "samples_per_scrape": samples.get(name),
+                "scrape": out["scrapes"].get(name),
             }
         out["scraped_every_s"] = 1.0
     return out
+
+
+def _version(binary: str) -> str:
+    done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    found = re.search(r"version (\S+)", done.stdout + done.stderr)
+    return found.group(1) if found else "?"
+
+
+class _PromScraper:
+    """A real Prometheus scraping each exporter every 1 s (a job per exporter)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], api: str, jobs: list[str]) -> None:
+        self.proc, self.api, self.jobs = proc, api, jobs
+
+    def _query(self, expr: str) -> dict[str, float]:
+        url = f"{self.api}/api/v1/query?query={urllib.parse.quote(expr)}"
+        doc = json.loads(_get(url))
+        return {r["metric"]["job"]: float(r["value"][1]) for r in doc["data"]["result"]}
+
+    def report(self) -> dict[str, Any]:
+        """Per job: up, samples per scrape, scrapes in the window and their median duration
+        as Prometheus measured it (request to parsed body)."""
+        out: dict[str, Any] = {}
+        up = self._query("up")
+        samples = self._query("scrape_samples_scraped")
+        count = self._query("count_over_time(up[1m])")
+        took = self._query("quantile_over_time(0.5, scrape_duration_seconds[1m])")
+        for job in self.jobs:
+            out[job] = {
+                "up": up.get(job),
+                "samples_per_scrape": samples.get(job),
+                "scrapes_last_minute": count.get(job),
+                "median_scrape_ms": round(took[job] * 1000, 3) if job in took else None,
+            }
+        return out
+
+    def stop(self) -> None:
+        _end(self.proc)
+
+
+@contextlib.contextmanager
+def _prometheus(binary: str, work: pathlib.Path, urls: dict[str, str]) -> Iterator[_PromScraper]:
+    port = _free_port()
+    jobs = "".join(
+        f"  - job_name: {name}\n    static_configs:\n      - targets: ['{url.split('/')[2]}']\n"
+        for name, url in urls.items()
+    )
+    config = work / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n" + jobs
+    )
+    proc = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    scraper = _PromScraper(proc, f"http://127.0.0.1:{port}", list(urls))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _get(f"{scraper.api}/-/ready")
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("prometheus did not become ready") from None
+                time.sleep(0.2)
+        yield scraper
+    finally:
+        scraper.stop()
+
+
+class _PyScraper:
+    """Without Prometheus: one kept-alive connection per exporter, Prometheus' headers, every
+    1 s, from a thread."""
+
+    def __init__(self, urls: dict[str, str]) -> None:
+        import http.client
+        import threading
+
+        self._conns = {
+            n: http.client.HTTPConnection(u.split("/")[2], timeout=5) for n, u in urls.items()
+        }
+        self._stop = threading.Event()
+        self._counts = dict.fromkeys(urls, 0)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        headers = {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}
+        while not self._stop.wait(1.0):
+            for name, conn in self._conns.items():
+                conn.request("GET", "/metrics", headers=headers)
+                conn.getresponse().read()
+                self._counts[name] += 1
+
+    def report(self) -> dict[str, Any]:
+        return {n: {"scrapes": c} for n, c in self._counts.items()}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self._conns.values():
+            conn.close()
+
+
+@contextlib.contextmanager
+def _python_scraper(urls: dict[str, str]) -> Iterator[_PyScraper]:
+    scraper = _PyScraper(urls)
+    try:
+        yield scraper
+    finally:
+        if not scraper._stop.is_set():
+            scraper.stop()
 
 
 def _end(p: subprocess.Popen[bytes]) -> None:

@@ -21,6 +21,8 @@ wake it. Three parts:
   own latency from the kernel's detection and runs where PSI cannot (macOS, CI, non-root).
 - ``polling_default``: the same at our own default interval (2 s, cli/agent.py), the fair
   comparison for an agent without events (LLMKube's 10 s is ``polling``).
+- ``agent_default``: the agent as it runs, events and its 2 s timer together, the pressure
+  starting at a random phase of the interval (real PSI only).
 - ``polling``: no event source. The pressure starts at a random phase of the 10 s interval,
   and the next timer tick finds it. Measured in real trials (``psi`` where it is available,
   else ``synthetic``); the expected delay over a uniform phase is computed (interval / 2,
@@ -282,9 +284,13 @@ def psi_trial(
     work: pathlib.Path,
     phase: float | None,
     interval: float = INTERVAL,
+    events_on: bool | None = None,
 ) -> dict[str, Any]:
-    """One real-thrash trial; ``phase`` None: event-driven, else polling with the pressure
-    starting ``phase`` seconds after a tick."""
+    """One real-thrash trial; ``phase`` None: event-driven, else the pressure starts ``phase``
+    seconds after a tick. ``events_on`` (default: ``phase is None``) adds the PSI triggers:
+    with a phase too, that is the agent as it runs (events and its timer)."""
+    if events_on is None:
+        events_on = phase is None
     marks = Marks()
     term = work / f"term-{time.monotonic_ns()}"
     pressure = PressurePolicy(
@@ -305,7 +311,7 @@ def psi_trial(
         observer = PsiObserver(cg.pressure_file)
         stack.callback(observer.close)
         events = None
-        if phase is None:
+        if events_on:
             events = stack.enter_context(
                 sampler.events(some_ms=SOME_MS, full_ms=FULL_MS, window_s=WINDOW_S)
             )
@@ -323,7 +329,7 @@ def psi_trial(
     sigterm = _term_time(term)
     stop_called = marks.stop_called
     before = [f for f in observer.fires if stop_called is None or f <= stop_called]
-    if phase is None:
+    if events_on:
         # The event behind the evicting tick: the last fire before the stop (an earlier one
         # may have met a tick that still read WARNING while the victim was filling up).
         event = before[-1] if before else None
@@ -521,8 +527,17 @@ def main() -> None:
                         DEFAULT_INTERVAL,
                     ),
                 )  # fmt: skip
+                agent = _run_trials(
+                    f"the agent as it runs: events and its {DEFAULT_INTERVAL:g} s tick (psi)",
+                    n_default,
+                    lambda: psi_trial(
+                        cgroups, data, work, rng.uniform(0.1, DEFAULT_INTERVAL - 0.1),
+                        DEFAULT_INTERVAL, events_on=True,
+                    ),
+                )  # fmt: skip
             doc["polling"] = {"method": "psi", "trials": polls}
             doc["polling_default"] = {"method": "psi", "trials": ours}
+            doc["agent_default"] = {"method": "psi", "trials": agent}
         else:
             doc["psi"] = {"skipped": why_not}
             polls = _run_trials(
@@ -543,12 +558,13 @@ def main() -> None:
         for p in work.iterdir():
             p.unlink()
         work.rmdir()
-    for part in ("synthetic", "psi", "polling", "polling_default"):
+    doc.setdefault("agent_default", {"skipped": why_not})
+    for part in ("synthetic", "psi", "polling", "polling_default", "agent_default"):
         trials = doc[part].get("trials", [])
         doc[part]["event_to_sigterm"] = _summary(trials, "event_to_sigterm_ms")
         doc[part]["event_to_exit"] = _summary(trials, "event_to_exit_ms")
         doc[part]["event_to_wake"] = _summary(trials, "event_to_wake_ms")
-    for part in ("psi", "polling", "polling_default"):
+    for part in ("psi", "polling", "polling_default", "agent_default"):
         trials = doc[part].get("trials", [])
         doc[part]["onset_to_sigterm"] = _summary(trials, "onset_to_sigterm_ms")
     doc["polling_default"]["interval_s"] = DEFAULT_INTERVAL

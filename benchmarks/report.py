@@ -431,30 +431,33 @@ def _cadence_goals(run: Run) -> list[Goal]:
 
 
 def _reaction_onset_goal(run: Run) -> Goal:
-    """Onset of a real stall -> the victim's SIGTERM, the kernel's PSI window included,
-    event-driven against our own polling default (2 s) in the same run; 10 s in the detail."""
+    """Onset of a real stall -> the victim's SIGTERM, the kernel's PSI window included: the
+    agent as it runs (PSI triggers and its 2 s tick) against polling alone at the same 2 s, in
+    the same run; events alone (10 s tick) and polling at 10 s in the detail."""
     doc = run.reaction or {}
+    agent = (doc.get("agent_default") or {}).get("onset_to_sigterm") or {}
     ev = (doc.get("psi") or {}).get("onset_to_sigterm") or {}
     ours = (doc.get("polling_default") or {}).get("onset_to_sigterm") or {}
     ten = (doc.get("polling") or {}).get("onset_to_sigterm") or {}
-    method = (doc.get("polling_default") or {}).get("method")
+    method = (doc.get("agent_default") or {}).get("method")
     pending = str(
         doc.get("skipped")
-        or (doc.get("psi") or {}).get("skipped")
+        or (doc.get("agent_default") or {}).get("skipped")
         or ("no reaction JSON" if not doc else "no real-PSI trials")
     )
-    value = ev.get("median_ms") if method == "psi" else None
+    value = agent.get("median_ms") if method == "psi" else None
     return check(
-        "reaction: stall onset → victim's SIGTERM, PSI window included, event-driven vs "
-        "polling at our 2 s default (real PSI, same run)",
+        "reaction: stall onset → victim's SIGTERM, PSI window included: the agent as it runs "
+        "(PSI triggers + its 2 s tick) vs polling alone at 2 s (real PSI, same run)",
         ratio(value, ours.get("median_ms")) if value else None,
         1.0,
         at_most=True,
         fmt=_x,
         goal="≤ 1x polling at 2 s",
-        detail=f"{ev.get('median_ms', 0):,.0f} ms vs {ours.get('median_ms', 0):,.0f} ms "
-        f"(polling at 10 s: {ten.get('median_ms', 0):,.0f} ms) medians over "
-        f"{ev.get('n', 0)}/{ours.get('n', 0)}/{ten.get('n', 0)} trials",
+        detail=f"{agent.get('median_ms', 0):,.0f} ms vs {ours.get('median_ms', 0):,.0f} ms "
+        f"(events alone, 10 s tick: {ev.get('median_ms', 0):,.0f} ms; polling at 10 s: "
+        f"{ten.get('median_ms', 0):,.0f} ms) medians over {agent.get('n', 0)}/"
+        f"{ours.get('n', 0)}/{ev.get('n', 0)}/{ten.get('n', 0)} trials",
         why=lambda: _why_reaction(run),
         pending=pending,
     )

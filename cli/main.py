@@ -25,7 +25,23 @@ RECORD_MAX_INTERVAL = 86400.0  # a day: longer cannot be slept in one select() e
 
 
 class AgentGroup(click.Group):
-    """A click group whose usage errors are one line on stderr and exit status 2."""
+    """A click group whose usage errors are one line on stderr and exit status 2.
+
+    ``doctor`` is imported only when asked for (or listed): its probes bring urllib, ssl,
+    email and plistlib, ~7 MiB that a running agent would otherwise carry (issue 15)."""
+
+    lazy = {"doctor": (".doctor", "doctor")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            import importlib
+
+            module, name = self.lazy[cmd_name]
+            self.add_command(getattr(importlib.import_module(module, __package__), name), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -363,9 +379,7 @@ def replay(
 # --- commands in their own modules ---------------------------------------------------------------
 # Imported last: they use the helpers above, and `main` stays the one entry point.
 from .agent import explain, run, status  # noqa: E402
-from .doctor import doctor  # noqa: E402
 
 main.add_command(run)
 main.add_command(status)
 main.add_command(explain)
-main.add_command(doctor)

@@ -11,7 +11,6 @@ returns ``None`` and the caller polls as before.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -62,7 +61,7 @@ def open_watch(path: str) -> FileWatch | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # libc is loaded already
         init1, add = libc.inotify_init1, libc.inotify_add_watch
     except (OSError, AttributeError):
         return None

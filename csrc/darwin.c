@@ -952,11 +952,19 @@ void mm_events_close(mm_events *ev)
 
 /* The OS decides when the dispatch source fires: there are no thresholds to arm here. */
 int mm_events_arm(mm_events *ev, uint64_t warning_available, uint64_t critical_available,
-                  double min_period, double max_period)
+                  double min_period, double max_period, int paced_by_reader)
 {
     (void)ev, (void)warning_available, (void)critical_available, (void)min_period,
-        (void)max_period;
+        (void)max_period, (void)paced_by_reader;
     return -ENOTSUP;
+}
+
+/* Nothing to watch: see mm_events_arm. */
+int mm_events_watch(mm_events *ev, double *next_period)
+{
+    (void)ev;
+    *next_period = 0;
+    return -ENOENT;
 }
 
 uint32_t mm_events_sources(mm_events *ev, int32_t *psi_err)

@@ -1352,6 +1352,7 @@ struct mm_events {
     uint64_t host_total;
     /* the watch */
     int watch;            /* WATCH_* */
+    int reader_paced;     /* the reader polls the watch (mm_events_watch), not the thread */
     int watch_fd;         /* meminfo, or v2 memory.current */
     uint64_t watch_limit; /* v2: the group's limit */
     uint64_t warn, crit;
@@ -1452,16 +1453,17 @@ static int zone_of(const mm_events *ev, uint64_t v)
     return v < ev->crit ? 2 : v < ev->warn ? 1 : 0;
 }
 
-/* Read available, post a wake-up on a change of zone, and set the next period: a quarter of
-   the time the headroom above the critical threshold lasts at the fastest fall seen. */
-static void watch_poll(mm_events *ev, int post_changes)
+/* Read available, note a change of zone (posted as a wake-up with post_changes), and set the
+   next period: a quarter of the time the headroom above the critical threshold lasts at the
+   fastest fall seen. Returns 1 on a change of zone, 0 without, -1 when the read failed. */
+static int watch_poll(mm_events *ev, int post_changes)
 {
     uint64_t v;
     double t = watch_value(ev, &v), rate, period;
-    int zone;
+    int zone, changed;
     if (t < 0) {
         ev->period = ev->max_period;
-        return;
+        return -1;
     }
     if (ev->last_t > 0 && t > ev->last_t && v < ev->last_v) {
         rate = (double)(ev->last_v - v) / (t - ev->last_t);
@@ -1471,6 +1473,7 @@ static void watch_poll(mm_events *ev, int post_changes)
     ev->last_t = t;
     ev->last_v = v;
     zone = zone_of(ev, v);
+    changed = ev->zone >= 0 && zone != ev->zone;
     if (post_changes && zone != ev->zone)
         post(ev->pipe_w, MM_LEVEL_NORMAL);
     ev->zone = zone;
@@ -1480,6 +1483,7 @@ static void watch_poll(mm_events *ev, int post_changes)
     if (period > ev->max_period)
         period = ev->max_period;
     ev->period = period;
+    return changed;
 }
 
 static void *events_thread(void *arg)
@@ -1494,7 +1498,8 @@ static void *events_thread(void *arg)
     }
     for (;;) {
         int timeout = -1, n;
-        if (ev->watch != WATCH_NONE) {
+        int watching = ev->watch != WATCH_NONE && !ev->reader_paced;
+        if (watching) {
             double left = due - now_monotonic();
             timeout = left <= 0 ? 0 : (int)(left * 1000 + 0.999);
         }
@@ -1522,7 +1527,7 @@ static void *events_thread(void *arg)
                 post(ev->pipe_w, ev_level[i]);
             }
         }
-        if (ev->watch != WATCH_NONE && now_monotonic() >= due) {
+        if (watching && now_monotonic() >= due) {
             watch_poll(ev, 1);
             due = now_monotonic() + ev->period;
         }
@@ -1644,7 +1649,7 @@ error:
 }
 
 int mm_events_arm(mm_events *ev, uint64_t warning_available, uint64_t critical_available,
-                  double min_period, double max_period)
+                  double min_period, double max_period, int paced_by_reader)
 {
     uint64_t limit = 0;
     int rc = 0;
@@ -1661,6 +1666,7 @@ int mm_events_arm(mm_events *ev, uint64_t warning_available, uint64_t critical_a
     ev->crit = critical_available;
     ev->min_period = min_period;
     ev->max_period = max_period;
+    ev->reader_paced = paced_by_reader != 0;
     if (ev->cg_kind == CG_V1)
         limit = scope_limit(ev, "memory.limit_in_bytes");
     else if (ev->cg_kind == CG_V2)
@@ -1711,6 +1717,17 @@ uint32_t mm_events_sources(mm_events *ev, int32_t *psi_err)
 }
 
 uint64_t mm_events_polls(mm_events *ev) { return ev->polls; }
+
+int mm_events_watch(mm_events *ev, double *next_period)
+{
+    int changed;
+    *next_period = 0;
+    if (ev->watch == WATCH_NONE || !ev->reader_paced)
+        return -ENOENT;  /* the thread owns an unpaced watch: never read it from two threads */
+    changed = watch_poll(ev, 0);
+    *next_period = ev->period;
+    return changed < 0 ? -EIO : changed;
+}
 
 int mm_events_fd(mm_events *ev) { return ev->pipe_r; }
 

@@ -227,10 +227,16 @@ enum {
  * period that follows the headroom: the time the remaining headroom above the critical
  * threshold lasts at the fastest fall seen, a quarter of it, in [min_period, max_period] s.
  * A crossing posts MM_LEVEL_NORMAL (a wake-up: the reader samples to learn the level).
- * Re-arming replaces the thresholds. macOS: -ENOTSUP (the OS decides when to signal).
+ * With paced_by_reader the thread leaves the watch to the reader, which polls it with
+ * mm_events_watch from its own loop (one wake-up serves its tick and the watch). Re-arming
+ * replaces the thresholds. macOS: -ENOTSUP (the OS decides when to signal).
  */
 int mm_events_arm(mm_events *ev, uint64_t warning_available, uint64_t critical_available,
-                  double min_period, double max_period);
+                  double min_period, double max_period, int paced_by_reader);
+/* The reader-paced watch (mm_events_arm with paced_by_reader): read available now; returns 1
+ * when it crossed a threshold since the last poll, else 0, and stores the seconds until the
+ * next poll is due. -ENOENT: no reader-paced watch is armed; -EIO: the read failed. */
+int mm_events_watch(mm_events *ev, double *next_period);
 /* MM_SRC_* bits; psi_err: 0, or the errno the kernel gave for the PSI trigger. */
 uint32_t mm_events_sources(mm_events *ev, int32_t *psi_err);
 /* Polls the watch made (MM_SRC_WATCH), for cost accounting. */

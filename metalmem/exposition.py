@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 __all__ = [
     "CONTENT_TYPE_OPENMETRICS",
@@ -113,11 +113,24 @@ def _line(series: Series) -> str:
     return line
 
 
+_BLOCKS: dict[tuple[Family, bool], tuple[tuple[Series, ...], str]] = {}
+
+
 def render(families: Iterable[tuple[Family, Sequence[Series]]], openmetrics: bool) -> bytes:
-    """The exposition of ``families`` in order, each with its samples in order."""
+    """The exposition of ``families`` in order, each with its samples in order.
+
+    A family whose samples come as the same tuple object as in the last call (a memoised
+    section of the collector: immutable, so unchanged) reuses that call's text."""
     out: list[str] = []
     append = out.append
     for family, series in families:
+        if series.__class__ is tuple:
+            block = _BLOCKS.get((family, openmetrics))
+            if block is None or block[0] is not series:
+                text = _header(family, openmetrics) + "".join(_line(s) for s in series)
+                block = _BLOCKS[(family, openmetrics)] = (cast(tuple[Series, ...], series), text)
+            append(block[1])
+            continue
         append(_header(family, openmetrics))
         for s in series:
             append(_LINES.get((s[0], s[1], s[2], s[3].__class__, s[3])) or _line(s))

@@ -31,13 +31,13 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from . import exposition
 from .durations import SAMPLE_DURATION_BUCKETS, SampleDurations
 from .eviction import EvictionMode, SkipReason
-from .kube import WriteKind, WriteResult
+from .kube.api import WriteKind, WriteResult
 from .level import Level
 from .pressure import SIGNAL_TABLE, Derived, PressurePolicy, Signal, threshold_bytes
 from .process import StopResult
@@ -406,6 +406,7 @@ class MetalmemCollector:
         self._platform = platform
         self._clock = clock
         self._wall = wall
+        self._memos: dict[str, tuple[object, _Out]] = {}
 
     def describe(self) -> Iterator[Metric]:
         """Every family, without samples (names only: the registry checks for duplicates)."""
@@ -484,11 +485,34 @@ class MetalmemCollector:
                     None if observed is None else observed * scale,
                 )
 
+    def _memo(
+        self, out: _Out, section: str, key: object, families: Iterable[_Family],
+        fill: Callable[[_Out], None],
+    ) -> None:  # fmt: skip
+        """Fill ``families`` through ``fill``, or, while ``key`` equals the last one, put in the
+        same tuples as last time: the exposition then reuses their rendered text (most of a
+        scrape is counters at rest, thresholds and modes, issue 15)."""
+        last = self._memos.get(section)
+        if last is None or last[0] != key:
+            part: _Out = {f.name: [] for f in families}
+            fill(part)
+            frozen = {k: tuple(v) for k, v in part.items()}  # immutable: rendered text is reused
+            last = self._memos[section] = (key, cast(_Out, frozen))
+        out.update(last[1])
+
     def _thresholds(self, out: _Out, state: State) -> None:
-        """The thresholds in force, in the units of the signals they compare with."""
         if self._policy is None:
             return
         policy = self._policy()
+        total = state.system.total if state.system is not None else None
+        families = (*_THRESHOLD_FAMILIES.values(), _AVAILABLE_THRESHOLD)
+        self._memo(
+            out, "thresholds", (policy, total), families,
+            lambda part: self._fill_thresholds(part, policy, total),
+        )  # fmt: skip
+
+    def _fill_thresholds(self, out: _Out, policy: PressurePolicy, total: int | None) -> None:
+        """The thresholds in force, in the units of the signals they compare with."""
         for spec in SIGNAL_TABLE:
             unit, scale = _SIGNAL_UNITS[spec.signal]
             for name, threshold in zip(
@@ -498,7 +522,6 @@ class MetalmemCollector:
                     _add(
                         out, _THRESHOLD_FAMILIES[unit], (spec.signal.value, name), threshold * scale
                     )
-        total = state.system.total if state.system is not None else None
         if total:
             for name, fraction in (
                 ("warning", policy.warning_available),
@@ -524,19 +547,14 @@ class MetalmemCollector:
         _add(out, _BLOCKED, (), len(state.blocked))
 
     def _eviction(self, out: _Out, state: State) -> None:
-        for m in EvictionMode:
-            _add(out, _MODE, (m.value,), 1 if m == state.mode else 0)
-        # Every known (reason, result) from 0: increase() cannot see a series' first sample,
-        # so an eviction counted into a new series would never fire an alert (issue 18).
-        counts = dict.fromkeys(_EVICTION_LABELS, 0)
-        counts.update(state.eviction_counts)
-        for (reason, result), n in sorted(counts.items()):
-            _add(out, _EVICTIONS, (reason, result), n)
-        # Every skip reason from the start: a known label set lets rate() see the first one.
-        known = {r.value for r in SkipReason}
-        for reason in sorted(known | set(state.skip_counts)):
-            _add(out, _SKIPPED, (reason,), state.skip_counts.get(reason, 0))
-        _add(out, _RECLAIMED, (), state.reclaimed_total)
+        key = (
+            state.mode,
+            tuple(state.eviction_counts.items()),
+            tuple(state.skip_counts.items()),
+            state.reclaimed_total,
+        )
+        families = (_MODE, _EVICTIONS, _SKIPPED, _RECLAIMED)
+        self._memo(out, "eviction", key, families, lambda part: _fill_eviction(part, state))
 
     def _agent(self, out: _Out, state: State, now: float) -> None:
         if self._durations is not None:
@@ -554,20 +572,51 @@ class MetalmemCollector:
             _add(out, family, (), state.counters.get(key, 0))
         if self._stats is not None:
             snap = self._stats.snapshot()
-            reloads = cast(dict[str, int], snap["reloads"])
-            writes = cast(dict[tuple[str, str], int], snap["kube_writes"])
-            for result in sorted(set(_RELOAD_RESULTS) | set(reloads)):
-                _add(out, _RELOADS, (result,), reloads.get(result, 0))
-            _add(out, _LAST_RELOAD, (), 1 if snap["last_reload_ok"] else 0)
-            for (kind, result), n in sorted({**dict.fromkeys(_KUBE_LABELS, 0), **writes}.items()):
-                _add(out, _KUBE_WRITES, (kind, result), n)
-            _add(out, _KUBE_DROPPED, (), cast(int, snap["kube_dropped"]))
-            restored = cast(dict[str, int], snap["kube_restored"])
-            for cause in sorted({"removed", "stale", "changed", *restored}):
-                _add(out, _KUBE_RESTORED, (cause,), restored.get(cause, 0))
-            for manager in cast(list[str], snap["kube_writers"]):
-                _add(out, _KUBE_WRITERS, (manager,), 1)
-        _add(out, _BUILD, (self._version, self._platform), 1)
+            frozen = tuple(
+                tuple(sorted(v.items())) if isinstance(v, dict) else tuple(v)
+                if isinstance(v, list) else v
+                for v in snap.values()
+            )  # fmt: skip
+            self._memo(out, "stats", frozen, _STATS_FAMILIES, lambda part: _fill_stats(part, snap))
+        self._memo(out, "build", (self._version, self._platform), (_BUILD,),
+                   lambda part: _add(part, _BUILD, (self._version, self._platform), 1))  # fmt: skip
+
+
+def _fill_eviction(out: _Out, state: State) -> None:
+    for m in EvictionMode:
+        _add(out, _MODE, (m.value,), 1 if m == state.mode else 0)
+    # Every known (reason, result) from 0: increase() cannot see a series' first sample,
+    # so an eviction counted into a new series would never fire an alert (issue 18).
+    counts = dict.fromkeys(_EVICTION_LABELS, 0)
+    counts.update(state.eviction_counts)
+    for (reason, result), n in sorted(counts.items()):
+        _add(out, _EVICTIONS, (reason, result), n)
+    # Every skip reason from the start: a known label set lets rate() see the first one.
+    known = {r.value for r in SkipReason}
+    for reason in sorted(known | set(state.skip_counts)):
+        _add(out, _SKIPPED, (reason,), state.skip_counts.get(reason, 0))
+    _add(out, _RECLAIMED, (), state.reclaimed_total)
+
+
+def _fill_stats(out: _Out, snap: dict[str, object]) -> None:
+    reloads = cast(dict[str, int], snap["reloads"])
+    writes = cast(dict[tuple[str, str], int], snap["kube_writes"])
+    for result in sorted(set(_RELOAD_RESULTS) | set(reloads)):
+        _add(out, _RELOADS, (result,), reloads.get(result, 0))
+    _add(out, _LAST_RELOAD, (), 1 if snap["last_reload_ok"] else 0)
+    for (kind, result), n in sorted({**dict.fromkeys(_KUBE_LABELS, 0), **writes}.items()):
+        _add(out, _KUBE_WRITES, (kind, result), n)
+    _add(out, _KUBE_DROPPED, (), cast(int, snap["kube_dropped"]))
+    restored = cast(dict[str, int], snap["kube_restored"])
+    for cause in sorted({"removed", "stale", "changed", *restored}):
+        _add(out, _KUBE_RESTORED, (cause,), restored.get(cause, 0))
+    for manager in cast(list[str], snap["kube_writers"]):
+        _add(out, _KUBE_WRITERS, (manager,), 1)
+
+
+_STATS_FAMILIES = (
+    _RELOADS, _LAST_RELOAD, _KUBE_WRITES, _KUBE_DROPPED, _KUBE_RESTORED, _KUBE_WRITERS
+)  # fmt: skip
 
 
 _Out = dict[str, list[exposition.Series]]

@@ -649,6 +649,7 @@ class PressureEvents:
         *,
         min_period: float = 0.01,
         max_period: float = 1.0,
+        paced_by_reader: bool = False,
     ) -> None:
         """Also wake when available memory crosses either threshold (bytes), either way.
 
@@ -656,17 +657,35 @@ class PressureEvents:
         cgroup v2, which have no such notification: the event thread reads available itself
         (~5 us) every quarter of the time the headroom above ``critical_available`` lasts at
         the fastest fall seen, within [``min_period``, ``max_period``] s. Such a wake-up reads
-        as :attr:`Level.NORMAL` (sample to learn the level). Re-arming replaces the
-        thresholds. Raises :class:`Unsupported` on macOS (the OS decides when to signal).
+        as :attr:`Level.NORMAL` (sample to learn the level). With ``paced_by_reader`` the
+        caller polls that watch itself with :meth:`watch`, from the loop that waits on
+        :meth:`fileno` (one wake-up then serves both). Re-arming replaces the thresholds.
+        Raises :class:`Unsupported` on macOS (the OS decides when to signal).
         """
         with self._lock:
             if self._ev == ffi.NULL:
                 raise ValueError("PressureEvents is closed")
             rc = lib.mm_events_arm(
-                self._ev, warning_available, critical_available, min_period, max_period
-            )
+                self._ev, warning_available, critical_available, min_period, max_period,
+                1 if paced_by_reader else 0,
+            )  # fmt: skip
         if rc != 0:
             raise _raise_for(-rc, "arm available-memory thresholds")
+
+    def watch(self) -> tuple[bool, float] | None:
+        """Poll a reader-paced watch (:meth:`arm` with ``paced_by_reader``) now: whether
+        available crossed a threshold since the last poll, and the seconds until the next poll
+        is due; ``None`` where no such watch is armed (cgroup v1 thresholds, macOS)."""
+        with self._lock:
+            if self._ev == ffi.NULL:
+                raise ValueError("PressureEvents is closed")
+            period = ffi.new("double *")
+            rc = lib.mm_events_watch(self._ev, period)
+        if rc == -_errno.ENOENT:
+            return None
+        if rc < 0:
+            raise _raise_for(-rc, "read available memory for the watch")
+        return rc == 1, float(period[0])
 
     @property
     def sources(self) -> frozenset[str]:

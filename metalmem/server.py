@@ -1,40 +1,35 @@
 """HTTP endpoints of the agent: /metrics, /memstats, /healthz, /readyz (issue 6, part 2).
 
-A stdlib WSGI app served by ``wsgiref`` with one daemon thread per request: no framework, no
-event loop, nothing to install. Every endpoint only *reads* the watchdog's latest
-:class:`State` (STYLE rule 14), so a scrape never waits for the loop and the loop never
-waits for a scrape. ``/metrics`` is written by metalmem/exposition.py (the text format, or
-OpenMetrics when the scraper's ``Accept`` asks for it; gzip when accepted; ``name[]``
-filtering), or by prometheus-client's own app over a registry a host application passes.
+A stdlib WSGI app, served by metalmem/httpserver.py on one thread (or mounted by a host
+application in its own server): no framework, nothing to install. Every endpoint only *reads*
+the watchdog's latest :class:`State` (STYLE rule 14), so a scrape never waits for the loop and
+the loop never waits for a scrape. ``/metrics`` is written by metalmem/exposition.py (the text
+format, or OpenMetrics when the scraper's ``Accept`` asks for it; gzip when accepted;
+``name[]`` filtering), or by prometheus-client's own app over a registry a host application
+passes.
 Request logs go to this module's logger at DEBUG.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import io
 import json
 import logging
 import math
 import os
-import selectors
-import socket
-import socketserver
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from .exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, wants_openmetrics
+from .httpserver import HttpServer
 from .pressure import SIGNAL_TABLE, PressurePolicy, assessment_to_dict
 from .sampler import ProcessMemory
 from .watchdog import EvictionRecord, SkipRecord, State, TargetLike
 
 if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
     from prometheus_client.registry import CollectorRegistry
 
 log = logging.getLogger(__name__)
@@ -430,179 +425,22 @@ def _metrics_app(registry: Exposition | CollectorRegistry) -> WSGIApplication:
 # --- the server ------------------------------------------------------------------------------
 
 
-class _LogStream(io.TextIOBase):
-    """``wsgi.errors`` for wsgiref: its tracebacks go to our logger instead of stderr."""
-
-    def write(self, s: str) -> int:
-        if s.strip():
-            log.warning("event=http_error detail=%r", s.rstrip())
-        return len(s)
-
-
 MAX_REQUEST_HEAD = 16 * 1024
 """Bytes of request line plus headers one request may send; more is answered 431. The stdlib
 allows 100 headers of 64 KiB each: 10 such requests took the agent from 29 to 313 MiB RSS."""
 
 REQUEST_HEAD_TIMEOUT = 10.0
-"""Seconds a client has to send its whole request head: a per-recv timeout alone lets a client
-that sends one byte every few seconds (slowloris) hold its thread for hours."""
+"""Seconds a client has to send its whole request head (from its first byte, or from the
+connection): a per-recv timeout alone lets a client that sends one byte every few seconds
+(slowloris) hold a connection for hours. A response must make progress as often."""
 
 MAX_CONNECTIONS = 512
-"""Connections served at once (one thread each); the next is answered 503 and closed. Above
-the 300 concurrent idle clients benchmarks/http_load.py holds while /healthz stays fast."""
+"""Connections open at once; the next is answered 503 and closed. Above the 300 concurrent
+idle clients benchmarks/http_load.py holds while /healthz stays fast."""
 
 LISTEN_BACKLOG = 1024
 """listen() backlog (socketserver's default is 5: a burst of scrapers got connection resets).
 The kernel caps it at net.core.somaxconn (Linux) or kern.ipc.somaxconn (macOS)."""
-
-_CLIENT_ERRORS = (TimeoutError, ConnectionError, http.client.HTTPException)
-
-
-class _HeadReader:
-    """The handler's ``rfile`` while the request head is read: counts its bytes against
-    :data:`MAX_REQUEST_HEAD` (http.client's ``LineTooLong``, which ``parse_request`` answers
-    with 431) and bounds the whole head by one deadline (``TimeoutError``)."""
-
-    def __init__(self, raw: Any, sock: socket.socket, limit: int, timeout: float) -> None:
-        self._raw = raw
-        self._sock = sock
-        self._left = limit
-        self._deadline = time.monotonic() + timeout
-
-    def readline(self, size: int = -1) -> bytes:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("request head not complete in time")
-        self._sock.settimeout(remaining)
-        line: bytes = self._raw.readline(size)
-        self._left -= len(line)
-        if self._left < 0:
-            raise http.client.LineTooLong(f"request head over {MAX_REQUEST_HEAD} bytes")
-        return line
-
-    def __getattr__(self, name: str) -> Any:  # read(), close(): the body is not counted
-        return getattr(self._raw, name)
-
-
-class _Handler(WSGIRequestHandler):
-    # A client that connects and sends nothing would pin its thread forever without this; it
-    # is the per-recv timeout while the response is written too.
-    timeout = REQUEST_HEAD_TIMEOUT
-
-    def setup(self) -> None:
-        super().setup()
-        server = cast("_ThreadingServer", self.server)
-        self.rfile = cast(
-            "io.BufferedReader",
-            _HeadReader(self.rfile, self.connection, server.max_head, server.head_timeout),
-        )
-
-    def parse_request(self) -> bool:
-        ok: bool = super().parse_request()
-        # The head's deadline may have left a tiny per-recv timeout: the response (a /metrics
-        # body of tens of kB) gets the full one again.
-        self.connection.settimeout(self.timeout)
-        return ok
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("event=http_request client=%s line=%r", self.address_string(), format % args)
-
-    def get_stderr(self) -> Any:
-        return _LogStream()
-
-
-class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
-    """One daemon thread per connection, at most :data:`MAX_CONNECTIONS` at once: a slow
-    scraper never blocks another, or shutdown, and a flood cannot take unbounded threads."""
-
-    daemon_threads = True
-    request_queue_size = LISTEN_BACKLOG
-    max_connections = MAX_CONNECTIONS
-    max_head = MAX_REQUEST_HEAD
-    head_timeout = REQUEST_HEAD_TIMEOUT
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the bound address with socket.getfqdn(), which can
-        # wait seconds on DNS; the name is only used for SERVER_NAME, so skip it.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-        self.setup_environ()
-        self._active = 0
-        self._refused = 0
-        self._count_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._count_lock:
-            over = self._active >= self.max_connections
-            if over:
-                self._refused += 1
-                first = self._refused == 1
-            else:
-                self._active += 1
-                recovered, self._refused = self._refused, 0
-        if over:
-            if first:  # once per episode, not per refused connection
-                log.warning("event=http_connections_full limit=%d", self.max_connections)
-            self._refuse(request)
-            return
-        if recovered:
-            log.info("event=http_connections_available refused=%d", recovered)
-        try:
-            super().process_request(request, client_address)
-        except BaseException:  # the thread did not start: give the slot back
-            self._release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        with self._count_lock:
-            self._active -= 1
-
-    def _refuse(self, request: socket.socket) -> None:
-        """Answer 503 without reading the request, and close (on the accepting thread: bounded
-        by a short send timeout)."""
-        with contextlib.suppress(OSError):
-            request.settimeout(0.05)
-            request.sendall(
-                b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                b"Content-Length: 22\r\nConnection: close\r\n\r\ntoo many connections\r\n"
-            )
-        self.shutdown_request(request)
-
-    def serve_until_woken(self, wake_r: int) -> None:
-        """Accept connections until ``wake_r`` becomes readable. Blocks in select() with no
-        timeout, so an idle server never wakes (serve_forever polls every poll_interval: four
-        wake-ups a second at its 0.25 s, more than the agent's own tick; issue 15)."""
-        with selectors.DefaultSelector() as sel:
-            sel.register(self, selectors.EVENT_READ)
-            sel.register(wake_r, selectors.EVENT_READ)
-            while True:
-                ready = sel.select()
-                if any(key.fileobj == wake_r for key, _ in ready):
-                    return
-                self.handle_request()  # ready: its own select() returns at once
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """One line per failed connection, never a traceback: a client that times out, resets
-        or sends garbage is routine (INFO); anything else is logged with its type (WARNING)."""
-        exc = sys.exc_info()[1]
-        client = client_address[0] if isinstance(client_address, tuple) else client_address
-        if isinstance(exc, _CLIENT_ERRORS):
-            log.info("event=http_connection_failed client=%s error=%r", client, str(exc))
-        else:
-            log.warning(
-                "event=http_connection_error client=%s error=%s:%r",
-                client,
-                type(exc).__name__,
-                str(exc),
-            )
 
 
 class Server:
@@ -628,12 +466,8 @@ class Server:
         self.app = app
         self.host = host
         self._requested_port = port
-        self._limits = {
-            "max_connections": max_connections,
-            "max_head": max_head,
-            "head_timeout": head_timeout,
-        }
-        self._httpd: _ThreadingServer | None = None
+        self._limits = (max_connections, max_head, head_timeout)
+        self._httpd: HttpServer | None = None
         self._thread: threading.Thread | None = None
         self._wake: tuple[int, int] | None = None
 
@@ -642,22 +476,26 @@ class Server:
         """The bound port (the requested one until :meth:`start`)."""
         if self._httpd is None:
             return self._requested_port
-        return int(self._httpd.server_address[1])
+        return int(self._httpd.address[1])
 
     def start(self) -> None:
         """Bind, listen and serve on a daemon thread; raises ``OSError`` if binding fails."""
         if self._httpd is not None:
             raise RuntimeError("Server already started")
-        family = socket.getaddrinfo(self.host, self._requested_port, type=socket.SOCK_STREAM)[0][0]
-        server_cls = type(
-            "_Server", (_ThreadingServer,), {"address_family": family, **self._limits}
+        max_connections, max_head, head_timeout = self._limits
+        httpd = HttpServer(
+            self.app,
+            self.host,
+            self._requested_port,
+            max_connections=max_connections,
+            max_head=max_head,
+            head_timeout=head_timeout,
+            backlog=LISTEN_BACKLOG,
         )
-        httpd: _ThreadingServer = server_cls((self.host, self._requested_port), _Handler)
-        httpd.set_app(self.app)
         self._httpd = httpd
         self._wake = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(
-            target=httpd.serve_until_woken,
+            target=httpd.serve,
             args=(self._wake[0],),
             name="metalmem-http",
             daemon=True,
@@ -666,9 +504,9 @@ class Server:
         log.info("event=http_listening host=%s port=%d", self.host, self.port)
 
     def stop(self, timeout: float = 1.0) -> None:
-        """Stop serving and close the listening socket; requests in flight finish on their
-        own daemon threads. The serving thread is woken through a pipe, so this returns as
-        soon as it ends (``timeout`` at most). Idempotent."""
+        """Stop serving, close every connection and the listening socket. The serving
+        thread is woken through a pipe, so this returns as soon as it ends (``timeout`` at
+        most). Idempotent."""
         httpd, thread, wake = self._httpd, self._thread, self._wake
         if httpd is None:
             return
@@ -676,7 +514,6 @@ class Server:
             os.write(wake[1], b"x")
         if thread is not None:
             thread.join(timeout)
-        httpd.server_close()
         if wake is not None and not (thread is not None and thread.is_alive()):
             os.close(wake[0])
             os.close(wake[1])

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import selectors
 import threading
@@ -374,6 +375,8 @@ class Watchdog:
         self._notifier: _Notifier | None = None
         self._last_error: str | None = None
         self._armed: tuple[int, float, float, int] | None = None
+        self._watch_at = math.inf  # the reader-paced watch's next poll (loop thread)
+        self._watch_lost = False
         self._max_fall = 0.0  # the fastest fall of available memory seen, bytes per second
         self._max_fall_at = 0.0  # when it was seen
         self._last_available: tuple[float, int] | None = None
@@ -636,8 +639,9 @@ class Watchdog:
         self._armed = key
         warning = max(0, int(policy.warning_available * system.total) - cache)
         critical = max(0, int(policy.critical_available * system.total) - cache)
+        kwargs = {"paced_by_reader": True} if hasattr(self._events, "watch") else {}
         try:
-            arm(warning, critical, min_period=0.01, max_period=min(1.0, self.interval))
+            arm(warning, critical, min_period=0.01, max_period=min(1.0, self.interval), **kwargs)
         except (Error, OSError, ValueError) as exc:
             log.info("event=event_thresholds_unavailable error=%r", exc)
             return
@@ -1007,11 +1011,19 @@ class Watchdog:
                 state = self.tick()
                 ticked = self._clock()
                 deadline = ticked + state.interval
+                # The watch of available memory (host, cgroup v2) is polled here, on the tick's
+                # own wake-ups where it is due no sooner: idle, one wake-up a tick (issue 15).
+                watch_at = self._poll_watch(ticked)
                 while not self._stop.is_set():
-                    remaining = deadline - self._clock()
-                    if remaining <= 0:
+                    now = self._clock()
+                    if now >= deadline:
                         break
-                    ready = sel.select(remaining)
+                    if watch_at <= now:
+                        if self._poll_watch_changed(now):
+                            deadline = min(deadline, ticked + self.min_interval)
+                        watch_at = self._watch_at
+                        continue
+                    ready = sel.select(min(deadline, watch_at) - now)
                     if any(key.data == "wake" for key, _ in ready):
                         with contextlib.suppress(BlockingIOError):
                             os.read(self._wake_r, 64)
@@ -1024,6 +1036,33 @@ class Watchdog:
                         deadline = min(deadline, ticked + self.min_interval)
         finally:
             sel.close()
+
+    def _poll_watch(self, now: float) -> float:
+        """Poll the reader-paced watch after a tick; when its next poll is due, or never."""
+        self._poll_watch_changed(now)
+        return self._watch_at
+
+    def _poll_watch_changed(self, now: float) -> bool:
+        """Poll the watch (if the source has one armed): True when available crossed a
+        threshold since its last poll. Sets :attr:`_watch_at`, infinity without a watch."""
+        self._watch_at = math.inf
+        watch = getattr(self._events, "watch", None)
+        if watch is None or self._watch_lost:
+            return False
+        try:
+            polled = watch()
+        except (Error, OSError) as exc:
+            log.warning("event=memory_watch_lost error=%r fallback=polling", exc)
+            self._watch_lost = True
+            return False
+        if polled is None:
+            return False
+        changed, period = polled
+        self._watch_at = now + period
+        if changed:
+            self._count("pressure_events")
+            log.debug("event=memory_watch_crossed")
+        return bool(changed)
 
     def _on_event(self, sel: selectors.BaseSelector) -> bool:
         """Drain the pressure source; True when the loop should tick now."""

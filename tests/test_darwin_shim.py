@@ -758,6 +758,9 @@ def test_events_have_only_the_dispatch_source_and_no_thresholds_to_arm() -> None
         assert ev.polls == 0
         with pytest.raises(metalmem.Unsupported):
             ev.arm(2 << 30, 1 << 30)
+        with pytest.raises(metalmem.Unsupported):
+            ev.arm(2 << 30, 1 << 30, paced_by_reader=True)
+        assert ev.watch() is None  # nothing to poll: the watchdog ticks on its own timer
 
 
 @pytest.mark.parametrize(

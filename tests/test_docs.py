@@ -163,7 +163,8 @@ def check_agent_usage(words: list[str]) -> str | None:
         command: click.Command = cli
         rest = args
     else:
-        sub = cli.commands.get(args[0]) if isinstance(cli, click.Group) else None
+        # get_command, not .commands: doctor is loaded on demand (cli/main.py AgentGroup)
+        sub = cli.get_command(click.Context(cli), args[0]) if isinstance(cli, click.Group) else None
         if sub is None:
             return f"metalmem-agent has no subcommand {args[0]!r}"
         command, rest = sub, args[1:]

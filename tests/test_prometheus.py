@@ -203,3 +203,70 @@ def test_counters_with_known_labels_start_at_zero(exposition: str) -> None:
     writes = ("metalmem_kube_writes_total", (("kind", "condition"), ("result", "forbidden")))
     assert samples[writes] == 0
     assert samples[("metalmem_config_last_reload_successful", ())] == 1
+
+
+# --- a real Prometheus server scraping the agent ---------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_real_prometheus_scrapes_and_ingests_every_family(tmp_path: pathlib.Path) -> None:
+    # Prometheus asks for OpenMetrics first, accepts gzip and keeps its connection: the agent's
+    # own exposition and HTTP server (issue 15, no prometheus-client) meet the real scraper.
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus not installed (Debian package prometheus; `make test` as root)")
+    import urllib.parse
+    import urllib.request
+
+    from metalmem.metrics import METRIC_NAMES
+
+    with AgentProcess(["--memory-watchdog-interval", "1s"], tmp_path / "agent.log") as agent:
+        target = agent.base.removeprefix("http://")
+        (tmp_path / "prometheus.yml").write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n"
+            f"  - job_name: metalmem\n    static_configs:\n      - targets: ['{target}']\n"
+        )
+        port = _free_port()
+        prom = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+             "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+
+            def query(expr: str) -> list[dict[str, Any]]:
+                url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(expr)}"
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as resp:
+                        return list(json.loads(resp.read())["data"]["result"])
+                except OSError:
+                    return []
+
+            def scraped_twice() -> bool:
+                found = query('up{job="metalmem"}')
+                count = query('count_over_time(up{job="metalmem"}[1m])')
+                return bool(found and count and float(count[0]["value"][1]) >= 2)
+
+            wait_for(scraped_twice, timeout=60, what="two scrapes by Prometheus")
+            assert [float(r["value"][1]) for r in query('up{job="metalmem"}')] == [1.0]
+            names = {r["metric"]["__name__"] for r in query('{job="metalmem"}')}
+            # Every family with a sample here (GPU and OOM counts are absent on this host).
+            _, _, text = agent.get("/metrics")
+            with_samples = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+            assert with_samples <= names, sorted(with_samples - names)
+            assert {"metalmem_ticks_total", "process_resident_memory_bytes"} <= names
+            assert any(n.startswith(tuple(METRIC_NAMES)) for n in names)
+            # Prometheus' own measure of the scrape: well within its timeout.
+            took = query('scrape_duration_seconds{job="metalmem"}')
+            assert took and float(took[0]["value"][1]) < 0.9
+        finally:
+            prom.terminate()
+            prom.wait(timeout=30)

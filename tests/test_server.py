@@ -107,7 +107,7 @@ def serve(
     )
     app = make_app(
         lambda: dog.state,
-        make_metrics_registry(collector),
+        collector,
         version=VERSION,
         interval=lambda: current[0],
         watchdog_enabled=watchdog_enabled,

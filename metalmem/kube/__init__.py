@@ -29,13 +29,49 @@ logged once with the RBAC verb that is missing. The one exception is
 only by :meth:`KubeReporter.start`; importing this package imports nothing of it.
 """
 
-from .api import FIELD_MANAGER, KubeConfigError, KubeStats, WriteKind, WriteResult
-from .condition import CONDITION_TYPE, ConditionReason, condition_for, describe
-from .events import REPORTING_CONTROLLER, EventReason, microtime
-from .objects import SUSPEND_ANNOTATION
-from .options import DEFAULT_RESOURCE, SERVICE_ACCOUNT_TOKEN, KubeOptions, Resource, kube_available
-from .reporter import KubeReporter
-from .suspend import fits_headroom
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import FIELD_MANAGER, KubeConfigError, KubeStats, WriteKind, WriteResult
+    from .condition import CONDITION_TYPE, ConditionReason, condition_for, describe
+    from .events import REPORTING_CONTROLLER, EventReason, microtime
+    from .objects import SUSPEND_ANNOTATION
+    from .options import (
+        DEFAULT_RESOURCE,
+        SERVICE_ACCOUNT_TOKEN,
+        KubeOptions,
+        Resource,
+        kube_available,
+    )  # fmt: skip
+    from .reporter import KubeReporter
+    from .suspend import fits_headroom
+
+# Names are loaded from their module on first use (PEP 562): the agent without Kubernetes
+# needs only WriteKind and WriteResult (its metrics), not the reporter (issue 15: RSS).
+_WHERE = {
+    "FIELD_MANAGER": "api", "KubeConfigError": "api", "KubeStats": "api", "WriteKind": "api",
+    "WriteResult": "api", "CONDITION_TYPE": "condition", "ConditionReason": "condition",
+    "condition_for": "condition", "describe": "condition", "REPORTING_CONTROLLER": "events",
+    "EventReason": "events", "microtime": "events", "SUSPEND_ANNOTATION": "objects",
+    "DEFAULT_RESOURCE": "options", "SERVICE_ACCOUNT_TOKEN": "options", "KubeOptions": "options",
+    "Resource": "options", "kube_available": "options", "KubeReporter": "reporter",
+    "fits_headroom": "suspend",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
 
 __all__ = [
     "CONDITION_TYPE",
