@@ -32,6 +32,7 @@ from .specs import (
     check_pattern,
     parse_size,
     parse_target_specs,
+    unmatched_targets,
 )
 from .tracker import TargetChanges, TargetTracker
 
@@ -55,4 +56,5 @@ __all__ = [
     "parse_size",
     "parse_target_specs",
     "resolve",
+    "unmatched_targets",
 ]

@@ -7,12 +7,12 @@ import logging
 import re
 import shlex
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..unload import UNLOAD_KEYS, parse_unload
-from .model import KubeRef, Priority, StopMethod
+from .model import KubeRef, Priority, StopMethod, Target
 
 log = logging.getLogger(__name__)
 
@@ -258,3 +258,14 @@ def check_pattern(pattern: object, what: str) -> re.Pattern[str]:
             "name the executable (e.g. 'llama-server')"
         )
     return regex
+
+
+def unmatched_targets(specs: Iterable[TargetSpec], targets: Iterable[Target]) -> list[str]:
+    """Keys of configured targets that name no live process right now.
+
+    Resolution drops such a spec without a word (a stopped service is normal), so without this
+    a typo in a ``cmdline`` pattern looks exactly like a host with nothing to manage. A
+    ``cmdline`` spec that matched several processes has keys ``key#pid``: any of them counts.
+    """
+    live = {re.sub(r"#\d+$", "", t.key) for t in targets}
+    return [s.key for s in specs if s.key not in live]
