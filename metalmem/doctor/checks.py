@@ -6,14 +6,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from .. import __version__
-from .facts import (
-    HostFacts,
-)
-from .findings import (
-    Finding,
-    Result,
-    Verdict,
-)
+from .facts import HostFacts
+from .findings import Finding, Result, Verdict
 from .host_checks import (
     check_agent_priority,
     check_kube,

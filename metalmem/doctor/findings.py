@@ -7,10 +7,7 @@ import dataclasses
 import enum
 import math
 
-from .facts import (
-    HostFacts,
-    MiB,
-)
+from .facts import HostFacts, MiB
 
 MODEL_HEADROOM = 0.9
 """A model above this share of the GPU ceiling leaves too little room for its KV cache and

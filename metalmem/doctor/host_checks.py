@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import errno as errno_mod
 
-from .facts import (
-    HostFacts,
-)
-from .findings import (
-    Result,
-    Verdict,
-)
+from .facts import HostFacts
+from .findings import Result, Verdict
 
 
 def check_agent_priority(facts: HostFacts) -> Result:

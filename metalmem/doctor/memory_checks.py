@@ -8,11 +8,7 @@ import math
 from ..level import Level
 from ..pressure import Classifier
 from ..units import human_bytes
-from .facts import (
-    BOOT_PLIST_LABEL,
-    HostFacts,
-    MiB,
-)
+from .facts import BOOT_PLIST_LABEL, HostFacts, MiB
 from .findings import (
     DOC,
     MODEL_HEADROOM,

@@ -14,10 +14,7 @@ from typing import Any
 from ..kube.api import FIELD_MANAGER
 from ..kube.objects import condition_owners
 from ..kube.options import DEFAULT_RESOURCE, Resource
-from .facts import (
-    KubeProbe,
-    PortProbe,
-)
+from .facts import KubeProbe, PortProbe
 
 KUBE_TIMEOUT = 3.0  # seconds for GET /version: a cheap reachability probe, not a health check
 HOLDER_TIMEOUT = 1.0  # seconds to ask a port's holder for /metrics: it may not speak HTTP
