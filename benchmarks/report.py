@@ -895,9 +895,9 @@ def _cadence_section(run: Run) -> str:
             f"{disc['discovered']['cpu_pct_of_one_core']} %; discovery's share "
             f"{disc['discovery_share_pct']} % (a negative difference, noise, counts as 0). A "
             "rescan reads each process's `comm` and resolves `exe` and `cmdline` only when it "
-            "changed (metalmem/targets.py `_ProcFS`). Not built: the Linux proc connector "
-            "(netlink, CAP_NET_ADMIN) would tell of every fork, exec and exit on the host; on "
-            "a busy build host that is more events than a 5 s rescan costs, and macOS's "
+            "changed (metalmem/targets/proctable.py `_ProcFS`). Not built: the Linux proc "
+            "connector (netlink, CAP_NET_ADMIN) would tell of every fork, exec and exit on the "
+            "host; on a busy build host that is more events than a 5 s rescan costs, and macOS's "
             "kqueue NOTE_EXEC needs a watch per process."
         )
     return "\n\n".join(parts)

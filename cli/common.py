@@ -1,10 +1,10 @@
-"""Pieces every command shares: exit codes, byte rendering, the duration option type."""
+"""Pieces every command shares: exit codes, the duration option type, threshold rendering
+(byte rendering and the unmatched-target check live in the library and are re-exported)."""
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -12,23 +12,12 @@ import click
 import metalmem
 from metalmem.limits import MAX_DURATION
 from metalmem.pressure import SIGNAL_TABLE
-from metalmem.targets import Target, TargetSpec
+from metalmem.targets import unmatched_targets as unmatched_targets
+from metalmem.units import human_bytes as human_bytes
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-
-
-def human_bytes(value: int | None) -> str:
-    """Render bytes for people (binary units); ``-`` for unknown."""
-    if value is None:
-        return "-"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
@@ -58,17 +47,6 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only i
         if seconds > self.maximum:
             self.fail(f"{value!r} is longer than the limit of {self.maximum:g}s", param, ctx)
         return seconds
-
-
-def unmatched_targets(specs: Iterable[TargetSpec], targets: Iterable[Target]) -> list[str]:
-    """Keys of configured targets that name no live process right now.
-
-    Resolution drops such a spec without a word (a stopped service is normal), so without this
-    a typo in a ``cmdline`` pattern looks exactly like a host with nothing to manage. A
-    ``cmdline`` spec that matched several processes has keys ``key#pid``: any of them counts.
-    """
-    live = {re.sub(r"#\d+$", "", t.key) for t in targets}
-    return [s.key for s in specs if s.key not in live]
 
 
 _FMT = {spec.signal.value: spec.fmt for spec in SIGNAL_TABLE}

@@ -5,6 +5,12 @@ else runs a tick. Each tick publishes an immutable :class:`State` by replacing o
 so readers (metrics, HTTP, Kubernetes) never take a lock or wait for the loop (rule 14).
 Listeners run on a separate notifier thread behind a bounded queue: a slow or failing listener
 never delays sampling; a failure is logged and counted.
+
+The loop's parts live beside it: :mod:`metalmem.state` (the State, its records, Listeners),
+:mod:`metalmem.evictor` (plan, gate, block, stop, settle), :mod:`metalmem.blocks` (respawn
+blocks), :mod:`metalmem.notifier` (the notifier thread), :mod:`metalmem.cadence` (the next
+wait) and :mod:`metalmem.eventarm` (the event source's thresholds). Their names that callers
+used from here are re-exported.
 """
 
 from __future__ import annotations
@@ -13,31 +19,34 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import selectors
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from .blocks import RespawnBlocks
+from .cadence import Cadence
 from .durations import SampleDurations
 from .errors import Error, NoSuchProcess
-from .eviction import EvictionMode, Plan, Planner, SkipReason
-from .gate import Refusal, SafetyGate
+from .eventarm import Arming
+from .eviction import EvictionMode, Planner
+from .evictor import PUBLISH_TIMEOUT, Evictor, InFlight, Stopper
 from .history import Ring
 from .level import Level
 from .limits import MAX_INTERVAL, check_duration
+from .notifier import Notifier
 from .pressure import RECLAIM_SECONDS, Assessment, Classifier
-from .process import DEFAULT_KILL_TIMEOUT, StopRecord, StopResult, stop
 from .procstate import is_zombie
 from .sampler import ProcessMemory, Sampler, SystemMemory
-from .statefile import StateFileError, read_state, write_state
+from .state import EvictionRecord, HistoryPoint, Listeners, SkipRecord, State, TargetLike
 from .targets import Target
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "PUBLISH_TIMEOUT",
     "EventSource",
     "EvictionRecord",
     "HistoryPoint",
@@ -45,19 +54,10 @@ __all__ = [
     "RespawnBlocks",
     "SkipRecord",
     "State",
+    "Stopper",
     "TargetLike",
     "Watchdog",
 ]
-
-
-class TargetLike(Protocol):
-    """What the loop needs of a managed target: a stable key and the pid to sample."""
-
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def pid(self) -> int: ...
 
 
 class EventSource(Protocol):
@@ -68,254 +68,6 @@ class EventSource(Protocol):
     def read(self) -> Level | None: ...
 
     def close(self) -> None: ...
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HistoryPoint:
-    """One tick, kept in a ring buffer for /memstats and the forecast's readers."""
-
-    timestamp: float
-    level: Level
-    available: int | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class EvictionRecord:
-    """One eviction (or, in dry-run mode, one that would have happened).
-
-    ``reason`` is the signal behind the CRITICAL assessment; ``reclaimed`` is how much
-    ``available`` rose by the end of the settle phase (None while settling or in dry-run).
-    """
-
-    key: str
-    pid: int
-    priority: str
-    reason: str
-    footprint: int | None
-    result: str
-    reclaimed: int | None
-    duration: float
-    timestamp_unix: float
-    message: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SkipRecord:
-    """A change of the reason why a wanted eviction did not happen."""
-
-    reason: SkipReason
-    explanation: str
-    timestamp_unix: float
-
-
-class RespawnBlocks:
-    """Keys of evicted targets that must not be respawned, persisted in ``state_dir``.
-
-    A block is set *before* the stop (a controller cannot respawn in between, LLMKube) and
-    cleared once NORMAL has held for the transition period. The file survives an agent
-    restart; the NORMAL-held clock does not (monotonic time), so a restart re-waits one
-    transition period: the conservative choice.
-    """
-
-    FILE = "respawn-blocks.json"
-
-    def __init__(self, state_dir: str | None) -> None:
-        self._path = os.path.join(state_dir, self.FILE) if state_dir else None
-        self._lock = threading.Lock()
-        loaded = read_state(self._path, _check_blocks)
-        self._blocked: dict[str, dict[str, Any]] = dict(loaded or {})
-
-    def keys(self) -> tuple[str, ...]:
-        with self._lock:
-            return tuple(sorted(self._blocked))
-
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._blocked
-
-    def block(self, key: str, **info: Any) -> None:
-        with self._lock:
-            self._blocked[key] = {"since_unix": time.time(), **info}
-        self.flush()
-
-    def clear_key(self, key: str) -> None:
-        with self._lock:
-            found = self._blocked.pop(key, None)
-        if found is not None:
-            self.flush()
-
-    def clear(self) -> tuple[str, ...]:
-        with self._lock:
-            cleared = tuple(sorted(self._blocked))
-            self._blocked.clear()
-        if cleared:
-            self.flush()
-        return cleared
-
-    def flush(self) -> None:
-        """Write the file atomically (temp file + rename); a failure is logged, not raised."""
-        with self._lock:
-            doc = {"version": 1, "blocked": dict(self._blocked)}
-        write_state(self._path, doc)
-
-
-def _check_blocks(doc: Any) -> dict[str, dict[str, Any]]:
-    """``{"version": 1, "blocked": {key: {...}}}``: every entry an object under a string key."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("blocked", {}), dict):
-        raise StateFileError('expected {"version": 1, "blocked": {KEY: {...}}}')
-    blocked = doc.get("blocked", {})
-    for key, value in blocked.items():
-        if not isinstance(value, dict):
-            raise StateFileError(f"blocked[{key!r}] is {type(value).__name__}, not an object")
-    return {str(k): dict(v) for k, v in blocked.items()}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Settle:
-    key: str
-    baseline: int | None
-    footprint: int | None
-    deadline: float
-    record: EvictionRecord
-
-
-@dataclasses.dataclass(slots=True)
-class _InFlight:
-    """A stop that was decided and published; the stop thread fills in ``outcome``."""
-
-    victim: Target
-    footprint: int | None
-    reason: str
-    available: int | None  # when it was chosen: the settle phase's baseline
-    blocked_before: bool
-    started: float
-    deadline: float  # the latest it can end: grace + the SIGKILL wait
-    thread: threading.Thread | None = None
-    outcome: StopRecord | Refusal | None = None
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
-
-
-# How long a stop waits for the listeners to have taken what the tick published (the level
-# change, the State, "evicting") before its first signal. They only record (the Kubernetes
-# reporter's writes are its worker's), so this is milliseconds unless a listener is stuck.
-PUBLISH_TIMEOUT = 1.0
-# The shortest wait the headroom bound may ask for (next_wait): a tick costs ~0.2 ms.
-MIN_WAIT = 0.01
-# How long the fastest fall seen bounds the wait: a model load an hour ago says nothing of now.
-FALL_MEMORY = 600.0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class State:
-    """An immutable snapshot of the loop, replaced (never mutated) after every tick.
-
-    ``processes`` maps a target's key to its sample or the error for it; ``heartbeat`` is the
-    monotonic time the loop last completed a tick; ``cpu_seconds`` is the loop thread's own CPU.
-    """
-
-    seq: int
-    system: SystemMemory | None
-    processes: Mapping[str, ProcessMemory | Error | OSError]
-    targets: tuple[TargetLike, ...]
-    assessment: Assessment | None
-    history: Sequence[HistoryPoint]
-    counters: Mapping[str, int]
-    heartbeat: float
-    started_at: float
-    interval: float
-    sample_duration: float
-    cpu_seconds: float
-    events: bool
-    mode: EvictionMode = EvictionMode.OBSERVE
-    plan: Plan | None = None
-    blocked: tuple[str, ...] = ()
-    settling: str | None = None
-    evictions: tuple[EvictionRecord, ...] = ()
-    skips: tuple[SkipRecord, ...] = ()
-    eviction_counts: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
-    skip_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    reclaimed_total: int = 0
-    busy_until: float | None = None
-    """While a stop is in flight: the latest monotonic time it can end (grace + SIGKILL wait).
-    The loop keeps ticking meanwhile (the stop runs on its own thread)."""
-    stopping: str | None = None
-    """The key of the target whose stop is in flight, or ``None``."""
-    failed: str | None = None
-    """Set when the loop thread died of an unexpected error: health checks fail from then on
-    and the agent exits non-zero so that its supervisor restarts it."""
-
-
-LevelChange = Callable[[Level, Level, Assessment], None]
-
-# How a victim is stopped: the signal path by default; the Kubernetes reporter substitutes one
-# that suspends through the owning object first (metalmem.kube).
-Stopper = Callable[[Target, Sampler], StopRecord]
-
-
-@dataclasses.dataclass
-class Listeners:
-    """Callbacks, each called on the notifier thread, in registration order."""
-
-    on_sample: list[Callable[[State], None]] = dataclasses.field(default_factory=list)
-    on_assessment: list[Callable[[Assessment], None]] = dataclasses.field(default_factory=list)
-    on_level_change: list[LevelChange] = dataclasses.field(default_factory=list)
-    on_evicting: list[Callable[[EvictionRecord], None]] = dataclasses.field(default_factory=list)
-    """A stop is about to start (result ``evicting``): delivered before its first signal."""
-    on_eviction: list[Callable[[EvictionRecord], None]] = dataclasses.field(default_factory=list)
-    on_skip: list[Callable[[SkipRecord], None]] = dataclasses.field(default_factory=list)
-    on_unblock: list[Callable[[tuple[str, ...]], None]] = dataclasses.field(default_factory=list)
-    on_fatal: list[Callable[[BaseException], None]] = dataclasses.field(default_factory=list)
-    """Called on the dying loop thread itself (not the notifier) when the loop fails."""
-
-
-class _Notifier:
-    """Runs listener calls off the loop thread; a full queue drops its oldest call (counted)."""
-
-    def __init__(self, maxlen: int, on_error: Callable[[], None], on_drop: Callable[[], None]):
-        self._queue: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
-            collections.deque()
-        )
-        self._maxlen = maxlen
-        self._cond = threading.Condition()
-        self._closed = False
-        self._on_error = on_error
-        self._on_drop = on_drop
-        self._thread = threading.Thread(target=self._run, name="metalmem-notify", daemon=True)
-        self._thread.start()
-
-    def post(self, fn: Callable[..., None], *args: Any) -> None:
-        with self._cond:
-            if len(self._queue) >= self._maxlen:
-                self._queue.popleft()
-                self._on_drop()
-            self._queue.append((fn, args))
-            self._cond.notify()
-
-    def barrier(self, timeout: float) -> bool:
-        """Wait until every call posted before this one has run; False on timeout."""
-        done = threading.Event()
-        self.post(done.set)
-        return done.wait(timeout)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                fn, args = self._queue.popleft()
-            try:
-                fn(*args)
-            except Exception:
-                self._on_error()
-                log.exception("event=listener_error listener=%s", getattr(fn, "__name__", fn))
-
-    def close(self, timeout: float) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout)
 
 
 class Watchdog:
@@ -372,42 +124,25 @@ class Watchdog:
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread: threading.Thread | None = None
-        self._notifier: _Notifier | None = None
+        self._notifier: Notifier | None = None
         self._last_error: str | None = None
-        self._armed: tuple[int, float, float, int] | None = None
-        self._watch_at = math.inf  # the reader-paced watch's next poll (loop thread)
-        self._watch_lost = False
-        self._max_fall = 0.0  # the fastest fall of available memory seen, bytes per second
-        self._max_fall_at = 0.0  # when it was seen
-        self._last_available: tuple[float, int] | None = None
+        self._arming = Arming()
+        self._cadence = Cadence()
         self._level = Level.NORMAL
         self.planner = planner
-        self._stopper: Stopper = stopper or self._signal_stop
-        self._blocks = RespawnBlocks(state_dir)
         self._ticked: Sequence[TargetLike] = ()  # the latest tick's targets, for the gate
-        # Identities whose stop found them gone already: never planned again (a zombie used
-        # to be "evicted" every tick, issue 13). Bounded: one entry per exited target.
-        self._spent: collections.deque[tuple[int, float]] = collections.deque(maxlen=256)
-        # Stops run on their own thread while the loop samples on: they get a Sampler of their
-        # own (a Sampler is not thread-safe), and so does the gate that checks them.
-        self._stop_sampler = (
-            Sampler(sampler.root, sampler.scope) if isinstance(sampler, Sampler) else sampler
-        )
-        self._inflight: _InFlight | None = None
-        self.gate = SafetyGate(
-            self._stop_sampler,
-            adopted if adopted is not None else self._ticked_targets,
-            lambda: self.planner.policy.floor if self.planner is not None else 1,
-        )
-        self._eviction_times: collections.deque[float] = collections.deque(maxlen=1000)
-        self._evictions: collections.deque[EvictionRecord] = collections.deque(maxlen=20)
-        self._skips: collections.deque[SkipRecord] = collections.deque(maxlen=20)
-        self._eviction_counts: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._skip_counts: collections.Counter[str] = collections.Counter()
-        self._reclaimed_total = 0
-        self._settle: _Settle | None = None
-        self._last_skip: SkipReason | None = None
-        self._last_dry_run: str | None = None
+        self._evictor = Evictor(
+            sampler, classifier, planner, self.listeners,
+            post=self._post_all, barrier=self._barrier, wake=self._wake_stopped,
+            adopted=adopted if adopted is not None else self._ticked_targets,
+            clock=clock, state_dir=state_dir, stopper=stopper,
+        )  # fmt: skip
+        self.gate = self._evictor.gate
+        # tick() reaches the evictor through these names (the split left its body as it was).
+        self._collect_stop = self._evictor.collect
+        self._plan_and_act = self._evictor.plan
+        self._begin_evict = self._evictor.begin
+        self._eviction_fields = self._evictor.fields
         started = clock()
         self._state = State(
             seq=0,
@@ -424,7 +159,7 @@ class Watchdog:
             cpu_seconds=0.0,
             events=events is not None,
             mode=self.mode,
-            blocked=self._blocks.keys(),
+            blocked=self._evictor.blocks.keys(),
         )
 
     # --- readers ----------------------------------------------------------------------------
@@ -436,11 +171,11 @@ class Watchdog:
     @property
     def mode(self) -> EvictionMode:
         """observe (no planner, or the policy says so), dry-run or enforce."""
-        return self.planner.policy.mode if self.planner is not None else EvictionMode.OBSERVE
+        return self._evictor.mode
 
     def is_blocked(self, key: str) -> bool:
         """Whether ``key`` was evicted and must not be respawned yet (for host agents)."""
-        return key in self._blocks
+        return key in self._evictor.blocks
 
     @property
     def heartbeat(self) -> float:
@@ -456,7 +191,7 @@ class Watchdog:
         """Start the loop thread (and the notifier thread)."""
         if self._thread is not None:
             raise RuntimeError("Watchdog already started")
-        self._notifier = _Notifier(
+        self._notifier = Notifier(
             self._queue_size,
             on_error=lambda: self._count("listener_errors"),
             on_drop=lambda: self._count("listener_drops"),
@@ -472,7 +207,7 @@ class Watchdog:
         deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
-        flight = self._inflight
+        flight = self._evictor.inflight
         if flight is not None and flight.thread is not None:
             flight.thread.join(max(0.0, deadline - time.monotonic()))  # let the grace finish
             if self._thread is None or not self._thread.is_alive():
@@ -494,54 +229,15 @@ class Watchdog:
 
     # --- the loop ---------------------------------------------------------------------------
     def next_wait(self, assessment: Assessment | None, system: SystemMemory | None = None) -> float:
-        """How long to wait before the next tick: shorter as headroom shrinks (earlyoom).
-
-        NORMAL waits ``interval``; WARNING a quarter of it; CRITICAL ``min_interval``. The
-        physical bound comes next: the headroom above the critical threshold lasts
-        ``headroom / rate`` at the fastest fall of available memory seen so far, and the wait
-        is at most half of that, so at least two samples land before it could be gone
-        (earlyoom's sleep_time_ms with a measured fill rate instead of a guessed one). A
-        forecast of the critical threshold within ten intervals also shortens the wait to a
-        tenth of the forecast. Always clamped to [min_interval, interval].
-        """
-        if assessment is None:
-            return self.interval
-        wait = {Level.NORMAL: self.interval, Level.WARNING: self.interval / 4}.get(
-            assessment.level, self.min_interval
-        )
-        floor = self.min_interval
-        fall = self._max_fall if system is not None else 0.0
-        if fall > 0 and system is not None and system.available is not None:
-            headroom = system.available - self.classifier.policy.critical_available * (
-                system.total or 0
-            )
-            if headroom > 0:  # below the threshold the level itself sets the pace
-                bound = headroom / fall / 2
-                wait = min(wait, bound)
-                # It may go below min_interval (10 ms at least): at 2 GiB/s, 100 MiB of
-                # headroom last 50 ms.
-                floor = max(MIN_WAIT, min(floor, bound))
-        forecast = assessment.forecast_seconds
-        if forecast is not None and forecast < 10 * self.interval:
-            wait = min(wait, forecast / 10)
-        return max(floor, min(self.interval, wait))
+        """How long to wait before the next tick (:meth:`metalmem.cadence.Cadence.next_wait`):
+        ``interval`` at NORMAL, shorter as pressure rises and headroom shrinks."""
+        return self._cadence.next_wait(
+            assessment, system, interval=self.interval, min_interval=self.min_interval,
+            critical_available=self.classifier.policy.critical_available,
+        )  # fmt: skip
 
     def _note_fall(self, system: SystemMemory) -> None:
-        """Keep the fastest fall of available memory seen in the last :data:`FALL_MEMORY`
-        seconds (bytes per second), from samples at least 50 ms apart (closer ones turn a
-        few pages of noise into a huge rate)."""
-        available, at = system.available, system.timestamp
-        last = self._last_available
-        if available is None:
-            return
-        if at - self._max_fall_at > FALL_MEMORY:
-            self._max_fall = 0.0
-        if last is None or at - last[0] >= 0.05:
-            if last is not None and available < last[1] and at > last[0]:
-                rate = (last[1] - available) / (at - last[0])
-                if rate >= self._max_fall:
-                    self._max_fall, self._max_fall_at = rate, at
-            self._last_available = (at, available)
+        self._cadence.note(system)
 
     def _current_targets(self) -> tuple[TargetLike, ...]:
         t = self._targets
@@ -620,35 +316,7 @@ class Watchdog:
         return self._state
 
     def _arm_events(self, system: SystemMemory) -> None:
-        """Give the event source the available-memory thresholds (bytes) of this scope, so
-        that it wakes the loop as they are crossed; again whenever total or the policy
-        changes. A source that cannot take them (macOS, a test's) is left as it is."""
-        arm = getattr(self._events, "arm", None)
-        if arm is None or not system.total:
-            return
-        policy = self.classifier.policy
-        # A limited cgroup's sources watch usage (limit - usage, "free"), which counts the
-        # reclaimable cache that available leaves out: arm that much lower, so the wake-up
-        # comes as available itself crosses (re-armed when the cache moves by 8 MiB).
-        cache = 0
-        if system.limited and system.free is not None and system.available is not None:
-            cache = max(0, system.available - system.free) >> 23 << 23
-        key = (system.total, policy.warning_available, policy.critical_available, cache)
-        if key == self._armed:
-            return
-        self._armed = key
-        warning = max(0, int(policy.warning_available * system.total) - cache)
-        critical = max(0, int(policy.critical_available * system.total) - cache)
-        kwargs = {"paced_by_reader": True} if hasattr(self._events, "watch") else {}
-        try:
-            arm(warning, critical, min_period=0.01, max_period=min(1.0, self.interval), **kwargs)
-        except (Error, OSError, ValueError) as exc:
-            log.info("event=event_thresholds_unavailable error=%r", exc)
-            return
-        log.info(
-            "event=event_thresholds warning_available=%d critical_available=%d sources=%s",
-            warning, critical, ",".join(sorted(getattr(self._events, "sources", ()))) or "-",
-        )  # fmt: skip
+        self._arming.update(self._events, system, self.classifier.policy, self.interval)
 
     def _live(
         self, target: TargetLike, sample: ProcessMemory | Error | OSError
@@ -657,7 +325,7 @@ class Watchdog:
         has no resident pages, so only such samples cost the extra read of its state."""
         if not isinstance(sample, ProcessMemory):
             return sample
-        if sample.start_time is not None and (target.pid, sample.start_time) in self._spent:
+        if sample.start_time is not None and (target.pid, sample.start_time) in self._evictor.spent:
             return NoSuchProcess("already stopped", pid=target.pid)
         if not sample.rss and is_zombie(self.sampler.root, target.pid):
             return NoSuchProcess("exited (zombie, not yet reaped)", pid=target.pid)
@@ -667,286 +335,35 @@ class Watchdog:
         """The managed targets of the latest tick (filtered only when the gate asks)."""
         return tuple(t for t in self._ticked if isinstance(t, Target))
 
-    def _signal_stop(self, target: Target, sampler: Sampler) -> StopRecord:
-        return stop(target, sampler=sampler, gate=self.gate.check)
-
-    # --- eviction ---------------------------------------------------------------------------
-    def _plan_and_act(
-        self,
-        assessment: Assessment,
-        system: SystemMemory,
-        processes: Mapping[str, ProcessMemory | Error | OSError],
-        targets: Sequence[TargetLike],
-        now: float,
-    ) -> tuple[Plan | None, tuple[Target, SystemMemory] | None]:
-        """Settle, unblock, plan; name at most one victim to stop (kubelet: one per pass),
-        with the fresh sample it was chosen on. A stop in flight holds further evictions,
-        as the settle phase does."""
-        assert self.planner is not None
-        managed = [t for t in targets if isinstance(t, Target)]
-        self._check_settle(system, now)
-        self._check_unblock(assessment, now)
-        if assessment.level != Level.CRITICAL:
-            # Nothing to plan below CRITICAL; ranking costs ~40 us at 16 targets (measured).
-            self._last_skip = None
-            self._last_dry_run = None
-            return None, None
-        plan = self.planner.plan(
-            assessment,
-            system,
-            processes,
-            managed,
-            now,
-            evictions=tuple(self._eviction_times),
-            settling=self._settle is not None or self._inflight is not None,
-        )
-        # Wanted means the current sample itself says CRITICAL: while the reported level is
-        # held up by hysteresis after a recovery, nothing is wanted and nothing is skipped.
-        wanted = assessment.raw_level == Level.CRITICAL
-        if not wanted:
-            self._last_skip = None
-            self._last_dry_run = None
-            return plan, None
-        if not plan.victims:
-            self._last_dry_run = None
-            if not wanted or plan.skip_reason is None:
-                self._last_skip = None
-            elif plan.skip_reason != self._last_skip:
-                self._record_skip(plan)
-            return plan, None
-        self._last_skip = None
-        victim = plan.victims[0]
-        if self.mode == EvictionMode.DRY_RUN:
-            if victim.key != self._last_dry_run:
-                self._last_dry_run = victim.key
-                self._record_dry_run(victim, plan, assessment, processes)
-            return plan, None
-        # Check again before acting (earlyoom): choosing took time and memory may be back.
-        fresh = self.sampler.system()
-        recheck = self.planner.plan(
-            assessment, fresh, processes, managed, now, evictions=tuple(self._eviction_times)
-        )
-        if not recheck.victims:
-            log.info("event=evict_cancelled reason=recovered_before_acting")
-            return recheck, None
-        return recheck, (recheck.victims[0], fresh)
-
-    def _footprint(
-        self, key: str, processes: Mapping[str, ProcessMemory | Error | OSError]
-    ) -> int | None:
-        p = processes.get(key)
-        return p.footprint if isinstance(p, ProcessMemory) else None
-
-    def _record_skip(self, plan: Plan) -> None:
-        assert plan.skip_reason is not None
-        self._last_skip = plan.skip_reason
-        self._skip_counts[plan.skip_reason.value] += 1
-        rec = SkipRecord(plan.skip_reason, plan.explanation, time.time())
-        self._skips.append(rec)
-        log.warning("event=eviction_skipped reason=%s detail=%r", rec.reason, rec.explanation)
-        self._post_all(self.listeners.on_skip, rec)
-
-    def _record_refusal(self, refusal: Refusal) -> None:
-        """A stop the safety gate refused: a skip like the planner's, once per change."""
-        if refusal.reason == self._last_skip:
-            return
-        self._last_skip = refusal.reason
-        self._skip_counts[refusal.reason.value] += 1
-        rec = SkipRecord(refusal.reason, f"safety gate: {refusal.detail}", time.time())
-        self._skips.append(rec)
-        log.warning("event=eviction_skipped reason=%s detail=%r", rec.reason, rec.explanation)
-        self._post_all(self.listeners.on_skip, rec)
-
-    def _record_dry_run(
-        self,
-        victim: Target,
-        plan: Plan,
-        assessment: Assessment,
-        processes: Mapping[str, ProcessMemory | Error | OSError],
-    ) -> None:
-        reason = assessment.top_reason.signal.value if assessment.top_reason else "-"
-        rec = EvictionRecord(
-            victim.key,
-            victim.pid,
-            victim.priority.value,
-            reason,
-            self._footprint(victim.key, processes),
-            "dry-run",
-            None,
-            0.0,
-            time.time(),
-            plan.explanation,
-        )
-        self._eviction_counts[(reason, "dry-run")] += 1
-        self._evictions.append(rec)
-        log.warning(
-            "event=would_evict key=%s pid=%d detail=%r", victim.key, victim.pid, plan.explanation
-        )
-        self._post_all(self.listeners.on_eviction, rec)
-
-    def _begin_evict(
-        self,
-        chosen: tuple[Target, SystemMemory],
-        assessment: Assessment,
-        system: SystemMemory,
-        processes: Mapping[str, ProcessMemory | Error | OSError],
-    ) -> _InFlight | None:
-        """Gate and block the victim; the stop itself starts once this tick is published."""
-        victim, fresh = chosen
-        footprint = self._footprint(victim.key, processes)
-        reason = assessment.top_reason.signal.value if assessment.top_reason else "-"
-        if self.planner is not None:
-            victim = dataclasses.replace(
-                victim, stop=victim.stop.with_default_grace(self.planner.policy.grace)
-            )
-        refusal = self.gate.check(victim)
-        if refusal is not None:
-            self._record_refusal(refusal)
-            return None
-        # Block first, so nothing can respawn it while it stops (LLMKube sets it before too).
-        # A block that was there before this stop (an earlier victim under the same key) is
-        # never cleared by this one's outcome.
-        blocked_before = victim.key in self._blocks
-        self._blocks.block(victim.key, pid=victim.pid, footprint=footprint, reason=reason)
-        now = self._clock()
-        self._inflight = _InFlight(
-            victim, footprint, reason, fresh.available, blocked_before, now,
-            now + victim.stop.grace_seconds + DEFAULT_KILL_TIMEOUT,
-        )  # fmt: skip
-        log.warning(
-            "event=evict key=%s pid=%d priority=%s footprint=%s reason=%s",
-            victim.key, victim.pid, victim.priority.value, footprint, reason,
-        )  # fmt: skip
-        return self._inflight
-
-    def _launch(self, flight: _InFlight) -> None:
+    # --- eviction (metalmem.evictor) ---------------------------------------------------------
+    def _launch(self, flight: InFlight) -> None:
         """Say "evicting", then stop: on its own thread while the loop runs (the loop keeps
         sampling and publishing during the whole grace), inline for a directly ticked
         Watchdog (tests, benchmarks), which then sees the outcome in the State it returns."""
-        victim = flight.victim
-        rec = EvictionRecord(
-            victim.key, victim.pid, victim.priority.value, flight.reason, flight.footprint,
-            "evicting", None, 0.0, time.time(), "stop starting",
-        )  # fmt: skip
-        self._post_all(self.listeners.on_evicting, rec)
+        self._evictor.announce(flight)
         if self._thread is None or threading.current_thread() is not self._thread:
-            self._run_stop(flight)
+            self._evictor.run_stop(flight)
             self._collect_stop()
             self._republish()
             return
         flight.thread = threading.Thread(
-            target=self._run_stop, args=(flight,), name="metalmem-stop", daemon=True
+            target=self._evictor.run_stop, args=(flight,), name="metalmem-stop", daemon=True
         )
         flight.thread.start()
-
-    def _run_stop(self, flight: _InFlight) -> None:
-        """The stop: after the notifier delivered what this tick published, the gate once
-        more, then the stopper (which asks the gate again right before its first signal)."""
-        try:
-            if self._notifier is not None:
-                self._notifier.barrier(PUBLISH_TIMEOUT)
-            refusal = self.gate.check(flight.victim)
-            flight.outcome = (
-                refusal if refusal is not None else self._stopper(flight.victim, self._stop_sampler)
-            )
-        except Exception as exc:  # the stopper must not take the loop down with it
-            log.exception("event=stop_error key=%s", flight.victim.key)
-            v = flight.victim
-            flight.outcome = StopRecord(
-                v.key, v.pid, v.start_time, StopResult.FAILED, (),
-                self._clock() - flight.started, f"stopper raised {type(exc).__name__}: {exc}",
-            )  # fmt: skip
-        finally:
-            flight.done.set()
-            with contextlib.suppress(OSError, ValueError):  # wake the loop to collect it
-                os.write(self._wake_w, b"s")
-
-    def _collect_stop(self) -> None:
-        """Record a finished stop (on the loop thread): block, spent identity, pacing,
-        settle phase or eviction record, as the stop's outcome says."""
-        flight = self._inflight
-        if flight is None or not flight.done.is_set():
-            return
-        self._inflight = None
-        victim, outcome = flight.victim, flight.outcome
-        if outcome is None or isinstance(outcome, Refusal):
-            if not flight.blocked_before:
-                self._blocks.clear_key(victim.key)
-            if isinstance(outcome, Refusal):
-                self._record_refusal(outcome)
-            return
-        result = outcome
-        now = self._clock()
-        if result.result in (StopResult.DENIED, StopResult.ALREADY_GONE):
-            if not flight.blocked_before:
-                self._blocks.clear_key(victim.key)
-            if result.result is StopResult.ALREADY_GONE:
-                self._spent.append(victim.identity)
-        else:
-            self._eviction_times.append(now)
-        rec = EvictionRecord(
-            victim.key, victim.pid, victim.priority.value, flight.reason, flight.footprint,
-            result.result.value, None, result.duration, time.time(), result.message,
-        )  # fmt: skip
-        self._eviction_counts[(flight.reason, rec.result)] += 1
-        if result.result.is_success:
-            policy = self.planner.policy if self.planner is not None else None
-            timeout = policy.settle_timeout if policy is not None else 0.0
-            self._settle = _Settle(
-                victim.key, flight.available, flight.footprint, now + timeout, rec
-            )
-        else:
-            self._evictions.append(rec)
-            self._post_all(self.listeners.on_eviction, rec)
-
-    def _eviction_fields(self) -> dict[str, Any]:
-        """The State's eviction fields as they stand now."""
-        flight = self._inflight
-        return {
-            "blocked": self._blocks.keys(),
-            "settling": self._settle.key if self._settle is not None else None,
-            "evictions": tuple(self._evictions),
-            "skips": tuple(self._skips),
-            "eviction_counts": dict(self._eviction_counts),
-            "skip_counts": dict(self._skip_counts),
-            "reclaimed_total": self._reclaimed_total,
-            "stopping": flight.victim.key if flight is not None else None,
-            "busy_until": flight.deadline if flight is not None else None,
-        }
 
     def _republish(self) -> None:
         """The State again after a stop ended inside the tick that started it."""
         self._state = dataclasses.replace(self._state, **self._eviction_fields())
 
-    def _check_settle(self, system: SystemMemory, now: float) -> None:
-        """End the settle phase once memory came back (a share of the footprint) or timed out."""
-        settle = self._settle
-        if settle is None:
-            return
-        share = self.planner.policy.settle_share if self.planner is not None else 0.5
-        rose = None
-        if settle.baseline is not None and system.available is not None:
-            rose = max(0, system.available - settle.baseline)
-        back = (
-            rose is not None and settle.footprint is not None and rose >= share * settle.footprint
-        )
-        if not back and now < settle.deadline:
-            return
-        rec = dataclasses.replace(settle.record, reclaimed=rose)
-        self._reclaimed_total += rose or 0
-        self._settle = None
-        self._evictions.append(rec)
-        log.info("event=settled key=%s reclaimed=%s in_time=%s", rec.key, rose, back)
-        self._post_all(self.listeners.on_eviction, rec)
+    def _barrier(self, timeout: float) -> None:
+        """Wait until the notifier delivered what was published (no notifier: it was)."""
+        if self._notifier is not None:
+            self._notifier.barrier(timeout)
 
-    def _check_unblock(self, assessment: Assessment, now: float) -> None:
-        if self._settle is not None or self._inflight is not None or not self._blocks.keys():
-            return
-        held = now - assessment.since
-        if assessment.level == Level.NORMAL and held >= self.classifier.policy.transition_period:
-            cleared = self._blocks.clear()
-            log.info("event=respawn_unblocked keys=%s normal_for=%.1fs", ",".join(cleared), held)
-            self._post_all(self.listeners.on_unblock, cleared)
+    def _wake_stopped(self) -> None:
+        """Wake the loop from the stop thread, to collect the stop's outcome."""
+        with contextlib.suppress(OSError, ValueError):
+            os.write(self._wake_w, b"s")
 
     def _post_all(self, fns: Sequence[Callable[..., None]], *args: Any) -> None:
         post = self._notifier.post if self._notifier is not None else self._call_now
@@ -1013,21 +430,20 @@ class Watchdog:
                 deadline = ticked + state.interval
                 # The watch of available memory (host, cgroup v2) is polled here, on the tick's
                 # own wake-ups where it is due no sooner: idle, one wake-up a tick (issue 15).
-                watch_at = self._poll_watch(ticked)
+                self._poll_watch(ticked)
                 while not self._stop.is_set():
                     now = self._clock()
                     if now >= deadline:
                         break
-                    if watch_at <= now:
-                        if self._poll_watch_changed(now):
+                    if self._arming.watch_at <= now:
+                        if self._poll_watch(now):
                             deadline = min(deadline, ticked + self.min_interval)
-                        watch_at = self._watch_at
                         continue
-                    ready = sel.select(min(deadline, watch_at) - now)
+                    ready = sel.select(min(deadline, self._arming.watch_at) - now)
                     if any(key.data == "wake" for key, _ in ready):
                         with contextlib.suppress(BlockingIOError):
                             os.read(self._wake_r, 64)
-                        flight = self._inflight
+                        flight = self._evictor.inflight
                         if flight is not None and flight.done.is_set():
                             deadline = min(deadline, ticked + self.min_interval)  # collect it
                     if any(key.data == "events" for key, _ in ready) and self._on_event(sel):
@@ -1037,32 +453,12 @@ class Watchdog:
         finally:
             sel.close()
 
-    def _poll_watch(self, now: float) -> float:
-        """Poll the reader-paced watch after a tick; when its next poll is due, or never."""
-        self._poll_watch_changed(now)
-        return self._watch_at
-
-    def _poll_watch_changed(self, now: float) -> bool:
-        """Poll the watch (if the source has one armed): True when available crossed a
-        threshold since its last poll. Sets :attr:`_watch_at`, infinity without a watch."""
-        self._watch_at = math.inf
-        watch = getattr(self._events, "watch", None)
-        if watch is None or self._watch_lost:
-            return False
-        try:
-            polled = watch()
-        except (Error, OSError) as exc:
-            log.warning("event=memory_watch_lost error=%r fallback=polling", exc)
-            self._watch_lost = True
-            return False
-        if polled is None:
-            return False
-        changed, period = polled
-        self._watch_at = now + period
+    def _poll_watch(self, now: float) -> bool:
+        """Poll the reader-paced watch; True (counted) when available crossed a threshold."""
+        changed = self._arming.poll(self._events, now)
         if changed:
             self._count("pressure_events")
-            log.debug("event=memory_watch_crossed")
-        return bool(changed)
+        return changed
 
     def _on_event(self, sel: selectors.BaseSelector) -> bool:
         """Drain the pressure source; True when the loop should tick now."""

@@ -221,7 +221,8 @@ def test_status_and_log_name_unmatched_targets_and_the_thresholds(
 def test_kube_error_text_is_one_short_line_without_headers() -> None:
     kubernetes = pytest.importorskip("kubernetes")
     import urllib3
-    from metalmem_cli.doctor import kube_error_text
+
+    from metalmem.doctor import kube_error_text
 
     exc = kubernetes.client.ApiException(status=403, reason="Forbidden")
     exc.headers = {"Audit-Id": "abc", "Content-Type": "application/json"}

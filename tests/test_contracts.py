@@ -72,6 +72,7 @@ def test_importing_has_no_side_effects() -> None:
     code = (
         "import sys, threading, metalmem; "
         "assert 'kubernetes' not in sys.modules; "
+        "assert 'metalmem.doctor' not in sys.modules; "
         "assert threading.active_count() == 1; "
         "import metalmem.sampler as s; assert s._shared is None"
     )

@@ -642,7 +642,8 @@ def test_doctor_names_targets_a_non_root_agent_cannot_read(
     # The case: the agent runs as uid 501 and llama-server as another user. The
     # tracker cannot adopt it (no start time), and doctor must say why and how to fix it.
     from metalmem_cli.config import load_config
-    from metalmem_cli.doctor import DoctorOptions, Verdict, gather_facts, run_checks
+
+    from metalmem.doctor import DoctorOptions, Verdict, gather_facts, run_checks
 
     child = children.spawn()
     lib.shim_proc_set(child.pid, 502, 1_780_000_000, 0, GIB, 40 * GIB, 0, 41 * GIB)
@@ -651,7 +652,7 @@ def test_doctor_names_targets_a_non_root_agent_cannot_read(
     config.write_text(f'[[target]]\nname = "llama"\npid = {child.pid}\n')
     with Sampler() as s:
         facts = gather_facts(
-            DoctorOptions(listen=("127.0.0.1", 0), config=load_config(str(config))),
+            DoctorOptions(listen=("127.0.0.1", 0), targets=tuple(load_config(str(config)).targets)),
             s,
             platform="darwin",
             sysctl={}.get,

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import click
 import pytest
-from metalmem_cli.doctor import MODEL_HEADROOM, recommended_wired_limit_mb
 from metalmem_cli.main import main as cli
 
+from metalmem.doctor import MODEL_HEADROOM, recommended_wired_limit_mb
 from metalmem.pressure import PressurePolicy
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,7 +24,9 @@ from typing import Any
 
 import jsonschema
 import pytest
-from metalmem_cli.doctor import (
+
+from metalmem.darwin import derive_darwin
+from metalmem.doctor import (
     BOOT_PLIST_LABEL,
     CHECKS,
     AgentProcess,
@@ -47,8 +49,6 @@ from metalmem_cli.doctor import (
     report_to_dict,
     run_checks,
 )
-
-from metalmem.darwin import derive_darwin
 from metalmem.level import Level
 from metalmem.pressure import PressurePolicy
 from metalmem.sampler import GpuMemory, SystemMemory

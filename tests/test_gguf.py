@@ -1,6 +1,7 @@
-"""cli/gguf.py: the GGUF header reader behind doctor's model-fit check, on files written here
-byte by byte (ggml docs/gguf.md), and the check's verdict once the KV cache is counted. The
-e2e suite reads a model that llama-server really loads (tests/e2e/test_doctor_gguf.py)."""
+"""metalmem/doctor/gguf.py: the GGUF header reader behind doctor's model-fit check, on files
+written here byte by byte (ggml docs/gguf.md), and the check's verdict once the KV cache is
+counted. The e2e suite reads a model that llama-server really loads
+(tests/e2e/test_doctor_gguf.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.doctor import ModelFile, Verdict, run_checks
-from cli.gguf import GgufError, context_from_argv, kv_cache_bytes, read_header
+from metalmem.doctor import ModelFile, Verdict, run_checks
+from metalmem.doctor.gguf import GgufError, context_from_argv, kv_cache_bytes, read_header
 
 from .test_doctor import GiB, mac
 

@@ -21,6 +21,7 @@ from ..level import Level
 from ..pressure import Assessment
 from ..sampler import SystemMemory
 from ..targets import KubeRef
+from ..units import human_bytes
 from .api import FIELD_MANAGER, Api, CallFailed, Failures, WriteKind, WriteResult
 from .objects import CONDITION_TYPE, ObjectInfo, ObjectStore
 from .options import Resource
@@ -62,14 +63,7 @@ def condition_for(level: Level, evicted: bool = False) -> tuple[str, ConditionRe
 
 def human(n: int | None) -> str:
     """Bytes for a message: ``4.0 GiB``; ``unknown`` for ``None``."""
-    if n is None:
-        return "unknown"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover - the loop always returns
+    return human_bytes(n, unknown="unknown")
 
 
 def describe(level: Level, system: SystemMemory | None, assessment: Assessment | None) -> str:

@@ -37,7 +37,7 @@ from .condition import human, rfc3339
 from .objects import MEMORY_ANNOTATION, ObjectStore
 
 if TYPE_CHECKING:
-    from ..watchdog import State
+    from ..state import State
 
 __all__ = [
     "MEMORY_ANNOTATION",

@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ..evictor import PUBLISH_TIMEOUT
 from ..gate import KubeFacts, Refusal
 from ..level import Level
 from ..pressure import Assessment, PressurePolicy
 from ..process import StopRecord, StopResult, stop
 from ..sampler import Sampler, SystemMemory
+from ..state import EvictionRecord, Listeners, SkipRecord, State
 from ..targets import KubeRef, Metadata, Target
-from ..watchdog import PUBLISH_TIMEOUT, EvictionRecord, Listeners, SkipRecord, State
 from .api import Api, Failures, KubeStats, NoStats
 from .condition import ConditionSync, describe, human
 from .events import EventItem, EventReason, EventSink

@@ -1,5 +1,5 @@
 """doctor's model-fit check on a model that a real llama-server loaded: the KV cache it reads
-from the GGUF header (cli/gguf.py) is the one llama-server reports allocating."""
+from the GGUF header (metalmem/doctor/gguf.py) is the one llama-server reports allocating."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.gguf import kv_cache_bytes, read_header
+from metalmem.doctor.gguf import kv_cache_bytes, read_header
 
 from .llama import LlamaServer, MiB
 
