@@ -26,7 +26,6 @@ Every family is always exposed (HELP and TYPE); a value the platform cannot prov
 from __future__ import annotations
 
 import collections
-import functools
 import math
 import re
 import threading
@@ -361,13 +360,19 @@ _KUBE_LABELS = tuple((kind.value, result.value) for kind in WriteKind for result
 _PID_SUFFIX = re.compile(r"#\d+$")
 
 
-@functools.lru_cache(maxsize=4096)  # keys repeat scrape after scrape; bounded for churn
 def target_labels(key: str) -> tuple[str, str]:
     """``(target, target_namespace)`` labels of a target key: ``ns/name`` -> ``("name", "ns")``,
     ``name`` -> ``("name", "")``; discovery's ``#pid`` suffix is dropped (no pids in labels)."""
-    key = _PID_SUFFIX.sub("", key)
-    namespace, _, name = key.rpartition("/")
-    return name, namespace
+    labels = _TARGET_LABELS.get(key)
+    if labels is None:
+        namespace, _, name = _PID_SUFFIX.sub("", key).rpartition("/")
+        if len(_TARGET_LABELS) >= 4096:
+            _TARGET_LABELS.clear()  # bounded for churn: keys repeat scrape after scrape
+        labels = _TARGET_LABELS[key] = (name, namespace)
+    return labels
+
+
+_TARGET_LABELS: dict[str, tuple[str, str]] = {}
 
 
 class MetalmemCollector:
@@ -532,19 +537,21 @@ class MetalmemCollector:
     def _processes(self, out: _Out, state: State) -> None:
         footprint: dict[tuple[str, str], int] = {}
         rss: dict[tuple[str, str], int] = {}
+        labels_of = _TARGET_LABELS.get
         for key, sample in state.processes.items():
-            if not isinstance(sample, ProcessMemory):
+            if sample.__class__ is not ProcessMemory:
                 continue  # the error is in /memstats; an absent series is the honest value
-            labels = target_labels(key)
-            if sample.footprint is not None:
-                footprint[labels] = footprint.get(labels, 0) + sample.footprint
-            if sample.rss is not None:
-                rss[labels] = rss.get(labels, 0) + sample.rss
-        for family, values in ((_FOOTPRINT, footprint), (_RSS, rss)):
-            for labels, value in sorted(values.items()):
-                _add(out, family, labels, value)
-        _add(out, _TARGETS, (), len(state.targets))
-        _add(out, _BLOCKED, (), len(state.blocked))
+            labels = labels_of(key) or target_labels(key)
+            fp, resident = sample.footprint, sample.rss
+            if fp is not None:
+                footprint[labels] = footprint.get(labels, 0) + fp
+            if resident is not None:
+                rss[labels] = rss.get(labels, 0) + resident
+        # Idle targets keep their sizes tick after tick: then the same text is reused.
+        values = (tuple(sorted(footprint.items())), tuple(sorted(rss.items())))
+        memo_key = (values, len(state.targets), len(state.blocked))
+        self._memo(out, "processes", memo_key, (_FOOTPRINT, _RSS, _TARGETS, _BLOCKED),
+                   lambda part: _fill_processes(part, values, state))  # fmt: skip
 
     def _eviction(self, out: _Out, state: State) -> None:
         key = (
@@ -580,6 +587,18 @@ class MetalmemCollector:
             self._memo(out, "stats", frozen, _STATS_FAMILIES, lambda part: _fill_stats(part, snap))
         self._memo(out, "build", (self._version, self._platform), (_BUILD,),
                    lambda part: _add(part, _BUILD, (self._version, self._platform), 1))  # fmt: skip
+
+
+def _fill_processes(
+    out: _Out,
+    values: tuple[tuple[tuple[tuple[str, str], int], ...], tuple[tuple[tuple[str, str], int], ...]],
+    state: State,
+) -> None:
+    for family, items in zip((_FOOTPRINT, _RSS), values, strict=True):
+        for labels, value in items:
+            _add(out, family, labels, value)
+    _add(out, _TARGETS, (), len(state.targets))
+    _add(out, _BLOCKED, (), len(state.blocked))
 
 
 def _fill_eviction(out: _Out, state: State) -> None:
