@@ -486,48 +486,63 @@ def _why_reaction(run: Run) -> str:
 
 def _why_cadence_tick(run: Run) -> str:
     c = run.cadence or {}
+    a, m = run.at_1s, run.median
+    tick, collect = a("tick_16"), a("collect_16")
+    hot_tick, hot_collect = m("tick_metalmem", n=16), m("collect_metalmem", n=16)
+    cold = (
+        f"1 s apart the tick took {us(tick)} and the scrape's body {us(collect)}; back to "
+        f"back the same code takes {us(hot_tick)} and {us(hot_collect)}. "
+        if tick and collect and hot_tick and hot_collect
+        else ""
+    )
     return (
-        f"Measured with the machine's load average at {_load_avg(c.get('loadavg_before'))} "
-        f"(before) and {_load_avg(c.get('loadavg_after'))} (after) on "
-        f"{c.get('machine', {}).get('cores', '?')} cores: "
-        "every figure of this run is inflated by the other work (the back-to-back "
-        "context rows show the same code's floor). Per tick, status is no longer read "
-        "(`csrc/linux.c` MM_DETAIL_PERIOD) and the history is not copied "
-        "(`metalmem/history.py`); the collect reuses unchanged Samples. What remains is the "
-        "interpreter: building the State, the records and ~200 samples."
+        f"{cold}Load average {_load_avg(c.get('loadavg_before'))} before and "
+        f"{_load_avg(c.get('loadavg_after'))} after, on {c.get('machine', {}).get('cores', '?')} "
+        "cores. The gap is the real cadence: a second later the interpreter's and the "
+        "kernel's caches hold other work, so the same instructions take several times as "
+        "long (even an empty 1,000-iteration Python loop: ~15 µs back to back, ~40 µs 1 s "
+        "apart, measured here while building this). Per tick nothing grows with history and "
+        "status is read every ~10 s per process; per scrape unchanged families reuse their "
+        "text. What is left is the interpreter's work for ~200 series and the tick's records."
     )
 
 
 def _why_agent_cpu(run: Run) -> str:
     ours = run.peer("metalmem", "samples_per_scrape")
     node = run.peer("node_exporter", "samples_per_scrape")
+    scraper = ((run.peers or {}).get("side_by_side") or {}).get("scraper", "?")
+    c = run.at_1s
     return (
-        f"Both scraped every 1 s; ours exposes {ours and int(ours)} samples per scrape, "
-        f"node_exporter's three collectors {node and int(node)}. The agent's cost is its tick "
-        "plus a scrape rendered by prometheus_client on a new thread per connection (WSGI); "
-        "node_exporter is compiled Go. Closing it needs the exposition rendered without "
-        "prometheus_client and a cheaper tick (the interpreter's share)."
+        f"Both scraped every 1 s by {scraper} (OpenMetrics, gzip, a kept-alive connection); "
+        f"ours exposes {ours and int(ours)} samples per scrape, node_exporter's three "
+        f"collectors {node and int(node)}. Each second the agent ticks once and writes one "
+        f"scrape: 1 s apart those took {us(c('tick_16'))} and {us(c('collect_16'))} "
+        "(benchmarks/cadence.py), in the interpreter with its caches cold; node_exporter is "
+        "compiled Go. The scrape is already one thread, no prometheus-client, unchanged "
+        "families' text reused; what is left is the interpreter's cost per tick and per scrape."
     )
 
 
 def _why_rss(run: Run) -> str:
     return (
-        "Measured on this machine (CPython 3.11): the interpreter alone is ~10.8 MiB, "
-        "`import metalmem` adds ~7 MiB (cffi, dataclasses, statistics), the CLI ~3.7 MiB "
-        "(click, tomllib) and prometheus_client (imported by the HTTP server; its package "
-        "import pulls in urllib, ssl and http.server) ~7-12 MiB. Below 24 MiB needs the "
-        "exposition without prometheus_client."
+        "Measured on this machine (CPython 3.11, RSS after each import in a fresh "
+        "interpreter): the interpreter ~10.8 MiB, `import metalmem` ~7 MiB (cffi, "
+        "dataclasses with inspect, logging, json, subprocess, our modules), the loop, "
+        "metrics and HTTP modules ~2 MiB, click ~1 MiB (with uuid and platform), the agent "
+        "command ~1.5 MiB; the rest is the running agent's own memory (threads, the sampler's "
+        "open files, the tick's records)."
     )
 
 
 def _why_wakes(run: Run) -> str:
+    side = (run.peers or {}).get("side_by_side") or {}
+    by_thread = (side.get("metalmem") or {}).get("idle_wakeups_by_thread") or {}
     return (
-        "Idle, only the loop (its tick) and the notifier thread (woken by each tick to feed "
-        "the duration histogram, a listener) wake; the HTTP server blocks in select() and the "
-        "main thread waits on signals, the loop's death and inotify (both used to poll: "
-        "0.25 s and 1 s). Reaching one wake-up per tick needs the histogram fed on the loop "
-        "thread (watchdog.py's listener dispatch, changed by issue 14 meanwhile), and more "
-        "wake-ups show where PSI triggers fired on a loaded host."
+        "Idle, the loop wakes once per tick and polls the watch of available memory on the "
+        "same wake-up (metalmem/eventarm.py); the HTTP server, the notifier and the main "
+        "thread block without a timeout. More wake-ups than ticks come from events: PSI "
+        "triggers or a crossing of the watch on a host whose memory moves (by thread in this "
+        f"run: {by_thread})."
     )
 
 
@@ -581,11 +596,9 @@ def _why_tick(run: Run, level: str) -> str:
         parts.append(f"`Planner.plan` {us(plan)}")
     text = "; ".join(parts)
     return (
-        text[:1].upper() + text[1:] + ". The collect builds ~80 prometheus-client sample "
-        "objects (about 1.4 µs each, `metalmem/metrics.py` `_add` → `add_metric`); the agent "
-        "runs it once per scrape (every 15 s), not per tick, so the agent's per-tick cost is "
-        "the rest. Making collect cheaper means caching families between scrapes of the same "
-        "State or writing the exposition text directly (metrics.py, another issue)."
+        text[:1].upper() + text[1:] + ". The collect is a scrape's whole body as the agent "
+        "serves it (`MetalmemCollector.exposition`: families, text, the agent's own process "
+        "metrics); unchanged families reuse their text, changed series their cached lines."
     )
 
 
