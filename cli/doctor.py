@@ -38,6 +38,7 @@ from typing import Any, NamedTuple, cast
 import click
 
 import metalmem
+from metalmem.configfile import Config, ConfigError, load_config
 from metalmem.kube.api import FIELD_MANAGER
 from metalmem.kube.objects import condition_owners
 from metalmem.kube.options import DEFAULT_RESOURCE, Resource
@@ -48,7 +49,6 @@ from metalmem.targets import TargetTracker, check_pattern, parse_ps_output
 
 from .agent import DEFAULT_LISTEN, ListenType
 from .common import EXIT_FAILURE, EXIT_OK, human_bytes, unmatched_targets
-from .config import Config, ConfigError, load_config
 from .gguf import GgufError, context_from_argv, kv_cache_bytes, read_header
 
 __all__ = [

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from metalmem_cli.config import ConfigError, load_config, parse_config
 
+from metalmem.configfile import ConfigError, load_config, parse_config
 from metalmem.eviction import EvictionMode
 from metalmem.targets import Priority
 

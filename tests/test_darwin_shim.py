@@ -641,8 +641,9 @@ def test_doctor_names_targets_a_non_root_agent_cannot_read(
 ) -> None:
     # The case: the agent runs as uid 501 and llama-server as another user. The
     # tracker cannot adopt it (no start time), and doctor must say why and how to fix it.
-    from metalmem_cli.config import load_config
     from metalmem_cli.doctor import DoctorOptions, Verdict, gather_facts, run_checks
+
+    from metalmem.configfile import load_config
 
     child = children.spawn()
     lib.shim_proc_set(child.pid, 502, 1_780_000_000, 0, GIB, 40 * GIB, 0, 41 * GIB)

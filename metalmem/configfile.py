@@ -1,8 +1,10 @@
 """The agent's TOML config file: ``[pressure]``, ``[eviction]``, ``[[target]]``, ``[discovery]``.
 
-Only ``cli/`` reads config files (STYLE rule 2): this module reads one and maps it, in one
-function, into the library's frozen, validated objects. Every error is a :class:`ConfigError`
-whose message names the file, the key and, where it can be found, the line.
+It maps the file, in one function, into the library's frozen, validated objects; the same
+function validates a document a host application builds itself (:func:`parse_document`).
+Every error is a :class:`~metalmem.ConfigError` whose message names the file, the key and,
+where it can be found, the line. Reading the file is the caller's choice: the agent's command
+line passes the path it was given; nothing here looks for one.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from metalmem.eviction import EvictionPolicy
-from metalmem.pressure import PressurePolicy, parse_duration
-from metalmem.targets import (
+from .errors import ConfigError
+from .eviction import EvictionPolicy
+from .pressure import PressurePolicy, parse_duration
+from .targets import (
     DEFAULT_MAX_MATCHES,
     TargetSpec,
     check_pattern,
@@ -23,7 +26,7 @@ from metalmem.targets import (
     parse_target_specs,
 )
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "load_config", "parse_config", "parse_document"]
 
 _PRESSURE_DURATIONS = {
     "forecast_window",
@@ -43,8 +46,8 @@ _EVICTION_SIZES = {"min_reclaim"}
 _DISCOVERY_KEYS = {"pattern", "enabled", "max_matches"}
 _MAX_MATCHES_LIMIT = 4096  # more processes than any host runs models; a typo past it
 # [agent] and [kube]: the run command's own settings (flag > environment > file > default).
-# Values stay as the file gives them; cli/agent.py validates them with the flags' own types,
-# so a value means the same in every place it can be set.
+# Values stay as the file gives them; metalmem.config.AgentConfig validates them, so a value
+# means the same in every place it can be set.
 AGENT_KEYS = frozenset(
     {"interval", "listen", "scope", "state_dir", "record", "log_format", "log_level"}
 )
@@ -56,10 +59,6 @@ _TOP_KEYS = {"pressure", "eviction", "target", "discovery", "agent", "kube"}
 _OPTIONAL_THRESHOLDS = frozenset(
     f.name for f in dataclasses.fields(PressurePolicy) if "None" in str(f.type)
 )
-
-
-class ConfigError(ValueError):
-    """An unreadable or invalid config file; the message is one line for the operator."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,7 +123,9 @@ def _convert(
             elif key in sizes and isinstance(value, str):
                 value = parse_size(value)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {section}.{key}: {exc}") from None
+            raise ConfigError(
+                f"{where}: {section}.{key}: {exc}", key=f"{section}.{key}", detail=str(exc)
+            ) from None
         out[key] = value
     return out
 
@@ -154,6 +155,12 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_document(doc, path, text)
+
+
+def parse_document(doc: Mapping[str, Any], path: str = "<config>", text: str = "") -> Config:
+    """Validate a document shaped like the file (``{"pressure": {...}, "target": [...]}``);
+    ``text``, when given, is where error messages find line numbers."""
     for key in doc:
         if key not in _TOP_KEYS:
             raise ConfigError(f"{_where(path, text, key)}: unknown key {key}")
@@ -183,7 +190,9 @@ def parse_config(text: str, path: str = "<config>") -> Config:
             raise ConfigError(f"{_where(path, text, key)}: unknown key discovery.{key}")
     if "hard_signals" in p:
         signals = p["hard_signals"]
-        if not isinstance(signals, list) or not all(isinstance(x, str) for x in signals):
+        if not isinstance(signals, list | tuple | set | frozenset) or not all(
+            isinstance(x, str) for x in signals
+        ):
             raise ConfigError(
                 f"{_where(path, text, 'hard_signals')}: pressure.hard_signals: must be a list "
                 f"of signal names, got {signals!r}"
@@ -192,13 +201,13 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     try:
         pressure = PressurePolicy(**p)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: [pressure]: {exc}") from None
+        raise ConfigError(f"{path}: [pressure]: {exc}", key="pressure", detail=str(exc)) from None
     try:
         eviction = EvictionPolicy(**e)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: [eviction]: {exc}") from None
+        raise ConfigError(f"{path}: [eviction]: {exc}", key="eviction", detail=str(exc)) from None
     tables = doc.get("target", [])
-    if not isinstance(tables, list):
+    if not isinstance(tables, list | tuple):
         raise ConfigError(f"{_where(path, text, 'target')}: target must be [[target]] tables")
     tables = [_target_durations(t) for t in tables]
     try:
@@ -213,7 +222,11 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         ]
         start = headers[int(index.group(1))] if index and int(index.group(1)) < len(headers) else 0
         line = _line_of(text, _target_key(message), start)
-        raise ConfigError(f"{path}:{line}: {message}" if line else f"{path}: {message}") from None
+        raise ConfigError(
+            f"{path}:{line}: {message}" if line else f"{path}: {message}",
+            key="target",
+            detail=message,
+        ) from None
     extra: dict[str, dict[str, Any]] = {}
     where: dict[str, str] = {}
     for name, keys in (("agent", AGENT_KEYS), ("kube", KUBE_KEYS)):
@@ -250,7 +263,9 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         try:
             check_pattern(pattern, "discovery.pattern")
         except ValueError as exc:
-            raise ConfigError(f"{_where(path, text, 'pattern')}: {exc}") from None
+            raise ConfigError(
+                f"{_where(path, text, 'pattern')}: {exc}", key="discovery.pattern", detail=str(exc)
+            ) from None
     return Config(
         pressure,
         eviction,
