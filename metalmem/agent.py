@@ -97,6 +97,7 @@ class Agent:
         self._demand_lock = threading.Lock()
         self._demand_at = -1e18
         self._stop_target = stop_target
+        self._host_registry: tuple[Any, Any] | None = None
         self._owns_sampler = sampler is None
         self.sampler = sampler if sampler is not None else _open_sampler(config.scope)
         try:
@@ -169,8 +170,9 @@ class Agent:
             policy=lambda: self.classifier.policy,
             interval=lambda: self.watchdog.interval,
         )
-        if registry is not None:
+        if registry is not None:  # the host's: only ours goes in, and leaves with the agent
             registry.register(collector)
+            self._host_registry = (registry, collector)
         self.wsgi_app = make_app(
             self._state,
             make_registry(collector),
@@ -262,6 +264,10 @@ class Agent:
         log.info("event=stopped")
 
     def _release(self) -> None:
+        if self._host_registry is not None:
+            registry, collector = self._host_registry
+            registry.unregister(collector)
+            self._host_registry = None
         if self.reporter is not None:
             self.reporter.stop(timeout=0.5)
         if self._record is not None:
