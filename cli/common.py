@@ -8,8 +8,9 @@ from typing import Any
 import click
 
 import metalmem
-from metalmem.agent import format_thresholds, unmatched_targets
 from metalmem.limits import MAX_DURATION
+from metalmem.managed import unmatched_targets
+from metalmem.thresholdtext import format_thresholds
 
 __all__ = [
     "EXIT_FAILURE",

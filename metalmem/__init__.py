@@ -58,8 +58,9 @@ from .targets import (
 )
 
 if TYPE_CHECKING:
-    from .agent import Agent, StopAction
+    from .agent import Agent
     from .config import AgentConfig
+    from .hoststop import StopAction
     from .serve import run
 
 __version__ = "0.1.0"
@@ -67,7 +68,7 @@ __version__ = "0.1.0"
 # The guardian's composition pulls in the HTTP server and prometheus_client: on first use only.
 _LAZY = {
     "Agent": "agent",
-    "StopAction": "agent",
+    "StopAction": "hoststop",
     "AgentConfig": "config",
     "run": "serve",
 }

@@ -11,50 +11,34 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from .config import DEFAULT_INTERVAL, AgentConfig
-from .errors import ConfigError, Error, NoSuchProcess
+from .errors import ConfigError, Error
 from .eviction import Planner
-from .pins import PinStore
-from .pressure import SIGNAL_TABLE, Classifier, PressurePolicy
-from .process import DEFAULT_KILL_TIMEOUT, StopRecord, StopResult
-from .procstate import is_zombie
+from .hoststop import StopAction, host_stopper
+from .managed import ManagedTargets
+from .pressure import Classifier
+from .process import DEFAULT_KILL_TIMEOUT
 from .sampler import Sampler
 from .systemd import SystemdNotifier
-from .targets import Target, TargetSpec, TargetTracker, TooManyMatches, discover
+from .targets import Target
+from .thresholdtext import thresholds_text
 from .watchdog import Listeners, State, Watchdog
+from .wiring import check_state_dir, make_reporter, open_record, open_sampler
 
 if TYPE_CHECKING:
     from .kube import KubeReporter
 
-__all__ = ["Agent", "StopAction", "format_thresholds", "thresholds_text", "unmatched_targets"]
+__all__ = ["Agent", "StopAction"]
 
 log = logging.getLogger("metalmem.agent")
 
-TARGET_REFRESH = 5.0  # seconds between re-resolving targets and re-running discovery
 ON_DEMAND_PERIOD = 1.0  # loop off: a scrape samples at most this often
-
-StopAction = Callable[[Target], object]
-"""A host's own way to stop a target it owns: called after the safety gate passed it; returns
-once the process has exited, or a :class:`~metalmem.StopRecord` saying what happened."""
-
-
-def unmatched_targets(specs: Iterable[TargetSpec], targets: Iterable[Target]) -> list[str]:
-    """Keys of configured targets that name no live process right now.
-
-    Resolution drops such a spec without a word (a stopped service is normal), so without this
-    a typo in a ``cmdline`` pattern looks exactly like a host with nothing to manage. A
-    ``cmdline`` spec that matched several processes has keys ``key#pid``: any of them counts.
-    """
-    live = {re.sub(r"#\d+$", "", t.key) for t in targets}
-    return [s.key for s in specs if s.key not in live]
 
 
 class Agent:
@@ -85,7 +69,6 @@ class Agent:
         self.config = config
         self.stats = AgentStats()
         self.durations = SampleDurations()
-        self.unmatched: tuple[str, ...] = ()
         self.reporter: KubeReporter | None = None
         self.server: Any = None
         self.systemd = systemd if systemd is not None else SystemdNotifier({})
@@ -99,7 +82,7 @@ class Agent:
         self._stop_target = stop_target
         self._host_registry: tuple[Any, Any] | None = None
         self._owns_sampler = sampler is None
-        self.sampler = sampler if sampler is not None else _open_sampler(config.scope)
+        self.sampler = sampler if sampler is not None else open_sampler(config.scope)
         try:
             self._build(listeners or Listeners())
             self._wire_http(registry, serve_http)
@@ -109,25 +92,13 @@ class Agent:
 
     def _build(self, listeners: Listeners) -> None:
         config = self.config
-        _check_state_dir(config.state_dir)
-        self._record = _open_record(config.record)
-        self._tracker = TargetTracker(
-            self.sampler,
-            config.targets,
-            discover_pattern=config.discover,
-            pins=PinStore(config.state_dir),
-            max_matches=config.max_matches,
-        )
-        self._tracker.refresh()  # discovery that matches too much is bad input: refuse it now
-        if self._tracker.refused is not None:
-            raise ConfigError(self._tracker.refused, key="discover")
-        self._refresh_at = time.monotonic() + TARGET_REFRESH
+        check_state_dir(config.state_dir)
+        self._record = open_record(config.record)
+        self.targets = ManagedTargets(self.sampler, config)
         interval = config.interval or DEFAULT_INTERVAL
         self.classifier = Classifier(config.pressure, interval=interval)
         self.planner = Planner(config.eviction, config.pressure)
         listeners.on_sample.append(self._on_sample)
-        from .kubesetup import make_reporter
-
         self.reporter = make_reporter(config, self.stats)
         if self.reporter is not None:
             self.reporter.attach(listeners)
@@ -148,8 +119,8 @@ class Agent:
             listeners=listeners,
             planner=self.planner,
             state_dir=config.state_dir,
-            stopper=self._host_stop if self._stop_target is not None else stopper,
-            adopted=lambda: self._tracker.targets,
+            stopper=host_stopper(self._stop_target) if self._stop_target is not None else stopper,
+            adopted=lambda: self.targets.adopted,
         )
         if self.reporter is not None:  # one gate for both stop paths (issue 13)
             self.watchdog.gate.metadata = self.reporter.metadata
@@ -180,7 +151,7 @@ class Agent:
             interval=lambda: self.watchdog.interval,
             watchdog_enabled=self.config.interval > 0,
             policy=lambda: self.classifier.policy,
-            unmatched=lambda: self.unmatched,
+            unmatched=lambda: self.targets.unmatched,
         )
         if serve:
             self.server = Server(self.wsgi_app, *self.config.listen)
@@ -252,7 +223,7 @@ class Agent:
         self._unstalled.set()
         policy = self.planner.policy
         grace = max(
-            (t.stop.with_default_grace(policy.grace).grace_seconds for t in self._tracker.targets),
+            (t.stop.with_default_grace(policy.grace).grace_seconds for t in self.targets.adopted),
             default=0.0,
         )
         self.watchdog.stop(timeout=1.5 + grace + DEFAULT_KILL_TIMEOUT)
@@ -288,12 +259,8 @@ class Agent:
         level. Listen address, scope, state dir, record file, Kubernetes and switching the loop
         on or off need a restart (logged, kept). Raises ConfigError and changes nothing when
         the new discovery would match more than its cap."""
-        if config.discover is not None:
-            try:
-                discover(self.sampler, config.discover, max_matches=config.max_matches)
-            except TooManyMatches as exc:
-                raise ConfigError(str(exc), key="discover") from None
         old = self.config
+        self.targets.configure(old, config)  # first: it may refuse the new discovery
         self.classifier.set_policy(config.pressure)
         self.planner.policy = config.eviction
         self.planner.pressure = config.pressure
@@ -302,12 +269,6 @@ class Agent:
         if config.interval > 0 and old.interval > 0:
             self.watchdog.min_interval = min(0.1, config.interval)
             self.watchdog.interval = config.interval
-        if (config.targets, config.discover, config.max_matches) != (
-            old.targets, old.discover, old.max_matches
-        ):  # fmt: skip
-            # The same tracker: its pins must survive a reload (issue 13, finding 1).
-            self._tracker.configure(config.targets, config.discover, config.max_matches)
-            self._refresh_at = 0.0
         fixed = ("listen", "scope", "state_dir", "record", "kube", "log_format")
         for name in fixed:
             if getattr(config, name) != getattr(old, name):
@@ -332,30 +293,14 @@ class Agent:
 
     # -- called by the watchdog --------------------------------------------------------------
     def _targets(self) -> Sequence[Target]:
-        """On the loop thread: the tracker is not thread-safe."""
+        """On the loop thread (the tracker is not thread-safe), with the test hooks."""
         if not self._unstalled.is_set():
             log.warning("event=test_stall")
             self._unstalled.wait()
         if self._break_loop:
             raise RuntimeError("test hook: the loop was told to fail")
-        now = time.monotonic()
-        if now >= self._refresh_at:
-            self._refresh_at = now + TARGET_REFRESH
-            self._tracker.refresh()  # logs what was added and removed
-            self._note_unmatched()
-        targets = self._tracker.targets
+        targets = self.targets.current()
         return self.reporter.overlay(targets) if self.reporter is not None else targets
-
-    def _note_unmatched(self) -> None:
-        """Name configured targets that match nothing, once per change (a typo is silent
-        otherwise); /memstats and `status` show the same list."""
-        unmatched = tuple(unmatched_targets(self.config.targets, self._tracker.targets))
-        if unmatched != self.unmatched:
-            if unmatched:
-                log.warning("event=targets_unmatched keys=%s", ",".join(unmatched))
-            elif self.unmatched:
-                log.info("event=targets_matched keys=%s", ",".join(self.unmatched))
-            self.unmatched = unmatched
 
     def _state(self) -> State:
         if self.config.interval > 0:
@@ -377,97 +322,3 @@ class Agent:
 
             self._record.write(record_line(state.system) + "\n")
             self._record.flush()
-
-    def _host_stop(self, target: Target, sampler: Sampler) -> StopRecord:
-        """The host's stop action, for a victim the gate has just passed (on the stop thread).
-        Unless it returns a StopRecord, the process's exit is checked here."""
-        started = time.monotonic()
-        assert self._stop_target is not None
-        outcome = self._stop_target(target)
-        if isinstance(outcome, StopRecord):
-            return outcome
-        try:
-            gone = sampler.process(target.pid).start_time != target.start_time
-        except NoSuchProcess:
-            gone = True
-        gone = gone or is_zombie(sampler.root, target.pid)
-        result = StopResult.TERMINATED if gone else StopResult.FAILED
-        message = (
-            "the host's stop action ended it"
-            if gone
-            else "still running after the host's stop action"
-        )
-        return StopRecord(
-            target.key, target.pid, target.start_time, result, ("host",),
-            time.monotonic() - started, message,
-        )  # fmt: skip
-
-
-_FMT = {spec.signal.value: spec.fmt for spec in SIGNAL_TABLE}
-
-
-def format_thresholds(
-    thresholds: Mapping[str, Mapping[str, float | None]], *, human: bool = False
-) -> str:
-    """``signal=warning/critical`` per signal (``-`` where a level is off), from
-    :func:`metalmem.server.thresholds_dict` or /memstats' ``thresholds``.
-
-    Plain numbers in the signal's unit make one log token (``human=False``); ``human`` uses the
-    classifier's own renderings (``20.0%``, ``4.0 MiB/s``) for `status`, space-separated.
-    """
-    parts = []
-    for signal, levels in thresholds.items():
-        fmt = _FMT.get(signal) if human else None
-        shown = [
-            "-" if v is None else (fmt(v) if fmt is not None else _number(v))
-            for v in (levels.get("warning"), levels.get("critical"))
-        ]
-        parts.append(
-            f"{signal} {shown[0]} / {shown[1]}" if human else f"{signal}={'/'.join(shown)}"
-        )
-    return ("; " if human else ",").join(parts)
-
-
-def thresholds_text(policy: PressurePolicy) -> str:
-    """The thresholds in force as one log token (the start and reload lines carry it)."""
-    from .server import thresholds_dict  # prometheus_client: only where it runs
-
-    return format_thresholds(thresholds_dict(policy))
-
-
-def _number(v: float) -> str:
-    """Exact for whole numbers (bytes per second), shortest repr otherwise."""
-    return str(int(v)) if float(v).is_integer() else repr(float(v))
-
-
-def _open_sampler(scope: str) -> Sampler:
-    try:
-        return Sampler(scope=scope)
-    except (Error, OSError) as exc:
-        raise ConfigError(f"scope: {exc}", key="scope", detail=str(exc)) from None
-
-
-def _check_state_dir(state_dir: str | None) -> None:
-    """Fail at start, not at the first eviction, when the state file could not be written."""
-    if state_dir is None:
-        return
-    try:
-        os.makedirs(state_dir, exist_ok=True)
-        probe = os.path.join(state_dir, ".metalmem-write-test")
-        with open(probe, "w"):
-            pass
-        os.unlink(probe)
-    except OSError as exc:
-        detail = f"{state_dir}: {exc.strerror}"
-        raise ConfigError(f"state_dir: {detail}", key="state_dir", detail=detail) from None
-
-
-def _open_record(path: str | None) -> IO[str] | None:
-    """The record file, opened for appending (the agent owns and closes it)."""
-    if path is None:
-        return None
-    try:
-        return open(path, "a", encoding="utf-8")
-    except OSError as exc:
-        detail = f"{path}: {exc.strerror}"
-        raise ConfigError(f"record: {detail}", key="record", detail=detail) from None

@@ -18,9 +18,10 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from .agent import Agent, thresholds_text
+from .agent import Agent
 from .config import AgentConfig
 from .errors import ConfigError
+from .thresholdtext import thresholds_text
 from .watchfile import open_watch
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "raise_fd_limit", "run", "serve"]
