@@ -65,34 +65,90 @@ LOG_FORMATS = click.Choice(metalmem.config.LOG_FORMATS, case_sensitive=False)
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One `run` option: its config file key, built-in default and AgentConfig field."""
+    """One `run` option: its config file key, built-in default, AgentConfig field and flag."""
 
     key: str | None  # "section.key" in the config file, None: flag/environment only
     default: Any
-    field: str | None = None  # None: folded into a policy by resolve_settings
+    field: str | None  # None: folded into a policy by resolve_settings
+    flag: str  # its declaration; the variable is METALMEM_<NAME>
+    help: str
+    type: Any = None  # a click type; "flag" for an on/off flag
 
 
 # The single table of what can be set where; docs/configuration.md lists the same rows.
 SETTINGS: dict[str, Setting] = {
-    "memory_watchdog_interval": Setting("agent.interval", DEFAULT_INTERVAL, "interval"),
-    "memory_pressure_warning": Setting("pressure.warning_available", None),
-    "memory_pressure_critical": Setting("pressure.critical_available", None),
-    "eviction_enabled": Setting(None, False),
-    "dry_run": Setting(None, False),
-    "discover": Setting("discovery.pattern", None, "discover"),
-    "scope": Setting("agent.scope", "host", "scope"),
-    "listen": Setting("agent.listen", DEFAULT_LISTEN, "listen"),
-    "state_dir": Setting("agent.state_dir", None, "state_dir"),
-    "record": Setting("agent.record", None, "record"),
-    "log_format": Setting("agent.log_format", "text", "log_format"),
-    "log_level": Setting("agent.log_level", "info", "log_level"),
-    "kube": Setting("kube.enabled", None, "kube"),
-    "kubeconfig": Setting("kube.kubeconfig", None, "kubeconfig"),
-    "kube_context": Setting("kube.context", None, "kube_context"),
-    "namespace": Setting("kube.namespace", None, "namespace"),
-    "resource": Setting("kube.resource", None, "resource"),
-    "node_name": Setting("kube.node_name", None, "node_name"),
-}
+    "memory_watchdog_interval": Setting(
+        "agent.interval", DEFAULT_INTERVAL, "interval", "--memory-watchdog-interval",
+        "Time between samples (500ms, 2s, 1m); 0 turns the watchdog off, metrics stay. "
+        "[default: 2s]", DurationType(minimum=None, maximum=MAX_INTERVAL),
+    ),
+    "memory_pressure_warning": Setting(
+        "pressure.warning_available", None, None, "--memory-pressure-warning",
+        "WARNING below this fraction of memory available. [default: 0.20]", FRACTION,
+    ),
+    "memory_pressure_critical": Setting(
+        "pressure.critical_available", None, None, "--memory-pressure-critical",
+        "CRITICAL below this fraction of memory available. [default: 0.10]", FRACTION,
+    ),
+    "eviction_enabled": Setting(
+        None, False, None, "--eviction-enabled",
+        "Enforce: stop the lowest-priority target at CRITICAL (config: eviction.mode).", "flag",
+    ),
+    "dry_run": Setting(
+        None, False, None, "--dry-run",
+        "Plan evictions and report them, stop nothing (wins over --eviction-enabled).", "flag",
+    ),
+    "discover": Setting(
+        "discovery.pattern", None, "discover", "--discover", "Also manage processes matching REGEX."
+    ),
+    "scope": Setting(
+        "agent.scope", "host", "scope", "--scope",
+        "'host' or a cgroup directory to watch instead of the host. [default: host]",
+    ),
+    "listen": Setting(
+        "agent.listen", DEFAULT_LISTEN, "listen", "--listen",
+        f"HTTP address for /metrics, /memstats, /healthz, /readyz. [default: {DEFAULT_LISTEN}]",
+        ListenType(),
+    ),
+    "state_dir": Setting(
+        "agent.state_dir", None, "state_dir", "--state-dir",
+        "Directory for state that must survive a restart (respawn blocks).",
+        click.Path(file_okay=False),
+    ),
+    "record": Setting(
+        "agent.record", None, "record", "--record",
+        "Append every sample as a JSON line to this file (for `replay`).",
+        click.Path(dir_okay=False),
+    ),
+    "log_format": Setting(
+        "agent.log_format", "text", "log_format", "--log-format", "text or json.", LOG_FORMATS
+    ),
+    "log_level": Setting(
+        "agent.log_level", "info", "log_level", "--log-level", "[default: info]", LOG_LEVELS
+    ),
+    "kube": Setting(
+        "kube.enabled", None, "kube", "--kube/--no-kube",
+        "Report to Kubernetes (default: on when in a cluster or a kubeconfig is found).",
+    ),
+    "kubeconfig": Setting(
+        "kube.kubeconfig", None, "kubeconfig", "--kubeconfig", "Path to a kubeconfig file."
+    ),
+    "kube_context": Setting(
+        "kube.context", None, "kube_context", "--kube-context", "The kubeconfig context."
+    ),
+    "namespace": Setting(
+        "kube.namespace", None, "namespace", "--namespace",
+        "Only this namespace (default: the namespaces the targets name).",
+    ),
+    "resource": Setting(
+        "kube.resource", None, "resource", "--resource",
+        "GROUP/VERSION/PLURAL of the objects. "
+        "[default: inference.llmkube.dev/v1alpha1/inferenceservices]",
+    ),
+    "node_name": Setting(
+        "kube.node_name", None, "node_name", "--node-name", "reportingInstance. [default: hostname]"
+    ),
+}  # fmt: skip
 _FLAG_OF = {s.field: name for name, s in SETTINGS.items() if s.field}
 
 
@@ -177,111 +233,26 @@ def bad_parameter(exc: ConfigError) -> click.BadParameter:
 # --- run ------------------------------------------------------------------------------------
 
 
-def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[Any], Any]:
-    kwargs.setdefault("envvar", "METALMEM_" + name.upper())
-    kwargs.setdefault("show_envvar", True)
-    return click.option(*decls, name, **kwargs)
+def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Every SETTINGS row as an option (``METALMEM_<NAME>`` its variable), then --config."""
+    for name, s in reversed(SETTINGS.items()):
+        kind = {"is_flag": True, "default": False} if s.type == "flag" else {"type": s.type}
+        option = click.option(
+            s.flag, name, envvar="METALMEM_" + name.upper(), show_envvar=True, help=s.help, **kind
+        )
+        command = option(command)
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        envvar="METALMEM_CONFIG",
+        show_envvar=True,
+        help="TOML config file: [agent], [pressure], [eviction], [[target]], [discovery], [kube].",
+    )(command)
 
 
 @click.command()
-@_option(
-    "--memory-watchdog-interval",
-    name="memory_watchdog_interval",
-    type=DurationType(minimum=None, maximum=MAX_INTERVAL),
-    default=None,
-    help="Time between samples (500ms, 2s, 1m); 0 turns the watchdog off, metrics stay. "
-    "[default: 2s]",
-)
-@_option(
-    "--memory-pressure-warning",
-    name="memory_pressure_warning",
-    type=FRACTION,
-    default=None,
-    help="WARNING below this fraction of memory available. [default: 0.20]",
-)
-@_option(
-    "--memory-pressure-critical",
-    name="memory_pressure_critical",
-    type=FRACTION,
-    default=None,
-    help="CRITICAL below this fraction of memory available. [default: 0.10]",
-)
-@_option(
-    "--eviction-enabled",
-    name="eviction_enabled",
-    is_flag=True,
-    default=False,
-    help="Enforce: stop the lowest-priority target at CRITICAL (config: eviction.mode).",
-)
-@_option(
-    "--dry-run",
-    name="dry_run",
-    is_flag=True,
-    default=False,
-    help="Plan evictions and report them, stop nothing (wins over --eviction-enabled).",
-)
-@_option(
-    "--config",
-    name="config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    envvar="METALMEM_CONFIG",
-    help="TOML config file: [agent], [pressure], [eviction], [[target]], [discovery], [kube].",
-)
-@_option("--discover", name="discover", default=None, help="Also manage processes matching REGEX.")
-@_option(
-    "--scope",
-    name="scope",
-    default=None,
-    help="'host' or a cgroup directory to watch instead of the host. [default: host]",
-)
-@_option(
-    "--listen",
-    name="listen",
-    type=ListenType(),
-    default=None,
-    help=f"HTTP address for /metrics, /memstats, /healthz, /readyz. [default: {DEFAULT_LISTEN}]",
-)
-@_option(
-    "--state-dir",
-    name="state_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Directory for state that must survive a restart (respawn blocks).",
-)
-@_option(
-    "--record",
-    name="record",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Append every sample as a JSON line to this file (for `replay`).",
-)
-@_option("--log-format", name="log_format", type=LOG_FORMATS, default=None, help="text or json.")
-@_option("--log-level", name="log_level", type=LOG_LEVELS, default=None, help="[default: info]")
-@_option(
-    "--kube/--no-kube",
-    name="kube",
-    default=None,
-    help="Report to Kubernetes (default: on when in a cluster or a kubeconfig is found).",
-)
-@_option("--kubeconfig", name="kubeconfig", default=None, help="Path to a kubeconfig file.")
-@_option("--kube-context", name="kube_context", default=None, help="The kubeconfig context.")
-@_option(
-    "--namespace",
-    name="namespace",
-    default=None,
-    help="Only this namespace (default: the namespaces the targets name).",
-)
-@_option(
-    "--resource",
-    name="resource",
-    default=None,
-    help="GROUP/VERSION/PLURAL of the objects. [default: inference.llmkube.dev/v1alpha1/"
-    "inferenceservices]",
-)
-@_option(
-    "--node-name", name="node_name", default=None, help="reportingInstance. [default: hostname]"
-)
+@_run_options
 @click.pass_context
 def run(ctx: click.Context, /, config_path: str | None, **values: Any) -> None:
     """Run the watchdog, the HTTP endpoints and (optionally) Kubernetes reporting."""

@@ -10,10 +10,8 @@ ones are restored (STYLE rule 13). A host application with its own main loop cal
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import select
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 from .agent import Agent
 from .config import AgentConfig
 from .errors import ConfigError
+from .signals import SignalWaiter
 from .thresholdtext import thresholds_text
 from .watchfile import open_watch
 
@@ -58,65 +57,49 @@ def serve(
 ) -> int:
     """Wait for signals and changes of ``watch``, stop ``agent`` at the end; the exit status.
     ``test_hooks``: SIGUSR1 stalls/unstalls the loop, SIGUSR2 makes its next tick raise."""
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-    os.set_blocking(w, False)
-    pending: list[int] = []
-
-    def handle(signum: int, frame: object) -> None:
-        pending.append(signum)
-
     wanted = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
     if test_hooks:
         wanted += [signal.SIGUSR1, signal.SIGUSR2]
-    old_fd = signal.set_wakeup_fd(w)
-    old = {s: signal.signal(s, handle) for s in wanted}
     stamp = _mtime(watch)
     stalled = False
     # Woken only by a signal, the loop's death or a change in the config's directory: idle,
     # the agent's one periodic wake-up is its tick (issue 15). Without inotify: poll 1 s.
     inotify = open_watch(watch) if watch is not None else None
-    agent.watchdog.listeners.on_fatal.append(lambda exc: _poke(w))
-    _poke(w)  # a loop that died before the line above is seen by the first pass
-    waits: list[Any] = [r] if inotify is None else [r, inotify]
+    also = [] if inotify is None else [inotify]
     timeout = 1.0 if watch is not None and inotify is None else None
-    try:
-        while True:
-            select.select(waits, [], [], timeout)
-            with contextlib.suppress(BlockingIOError):
-                os.read(r, 512)
-            if inotify is not None:
-                inotify.drain()
-            while pending:
-                signum = pending.pop(0)
-                if signum in (signal.SIGTERM, signal.SIGINT):
-                    log.info("event=signal signal=%s action=stop", signal.Signals(signum).name)
+    with SignalWaiter(wanted) as signals:
+        agent.watchdog.listeners.on_fatal.append(lambda exc: signals.poke())
+        signals.poke()  # a loop that died before the line above is seen by the first pass
+        try:
+            while True:
+                signals.wait(timeout, *also)
+                if inotify is not None:
+                    inotify.drain()
+                for signum in signals.pop():
+                    if signum in (signal.SIGTERM, signal.SIGINT):
+                        name = signal.Signals(signum).name
+                        log.info("event=signal signal=%s action=stop", name)
+                        agent.stop()
+                        return EXIT_OK
+                    if signum == signal.SIGHUP:
+                        stamp = _mtime(watch)
+                        reload_from(agent, reload_config, watch, "SIGHUP")
+                    elif signum == signal.SIGUSR1:
+                        stalled = not stalled
+                        agent.stall(stalled)
+                    elif signum == signal.SIGUSR2:
+                        agent.break_loop()
+                if agent.watchdog.failed is not None:
+                    log.critical("event=exit reason=loop_died error=%r", agent.watchdog.failed)
                     agent.stop()
-                    return EXIT_OK
-                if signum == signal.SIGHUP:
-                    stamp = _mtime(watch)
-                    reload_from(agent, reload_config, watch, "SIGHUP")
-                elif signum == signal.SIGUSR1:
-                    stalled = not stalled
-                    agent.stall(stalled)
-                elif signum == signal.SIGUSR2:
-                    agent.break_loop()
-            if agent.watchdog.failed is not None:
-                log.critical("event=exit reason=loop_died error=%r", agent.watchdog.failed)
-                agent.stop()
-                return EXIT_FAILURE
-            now_stamp = _mtime(watch)
-            if now_stamp is not None and now_stamp != stamp:
-                stamp = now_stamp
-                reload_from(agent, reload_config, watch, "mtime")
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        signal.set_wakeup_fd(old_fd)
-        if inotify is not None:
-            inotify.close()
-        os.close(r)
-        os.close(w)
+                    return EXIT_FAILURE
+                now_stamp = _mtime(watch)
+                if now_stamp is not None and now_stamp != stamp:
+                    stamp = now_stamp
+                    reload_from(agent, reload_config, watch, "mtime")
+        finally:
+            if inotify is not None:
+                inotify.close()
 
 
 def reload_from(
@@ -173,12 +156,6 @@ def _mtime(path: str | None) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size)
-
-
-def _poke(fd: int) -> None:
-    """Wake the main thread (the loop died: it exits 1 at once instead of at its next poll)."""
-    with contextlib.suppress(OSError):
-        os.write(fd, b"\0")
 
 
 def _is_blank(path: str) -> bool:
