@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,12 +22,12 @@ import metalmem
 from metalmem.config import DEFAULT_INTERVAL, parse_listen
 from metalmem.configfile import Config, load_config
 from metalmem.errors import ConfigError
-from metalmem.eviction import EvictionMode, EvictionPolicy, Planner
+from metalmem.eviction import EvictionMode, EvictionPolicy
 from metalmem.limits import MAX_INTERVAL
 from metalmem.logsetup import setup_logging
-from metalmem.pressure import Classifier, PressurePolicy
+from metalmem.pressure import PressurePolicy
 from metalmem.systemd import SystemdNotifier
-from metalmem.targets import DEFAULT_MAX_MATCHES, TargetTracker, check_pattern
+from metalmem.targets import DEFAULT_MAX_MATCHES
 
 from .common import (
     EXIT_FAILURE,
@@ -36,7 +35,6 @@ from .common import (
     DurationType,
     format_thresholds,
     human_bytes,
-    unmatched_targets,
 )
 
 log = logging.getLogger("metalmem.agent")
@@ -305,7 +303,15 @@ def _load(config_path: str | None) -> Config | None:
 @click.option("--json", "as_json", is_flag=True, help="Print the agent's /memstats as is.")
 def status(url: str, as_json: bool) -> None:
     """Summarise a running agent: level, reasons, memory, targets, evictions."""
-    doc = fetch_memstats(url)
+    from metalmem.client import Unreachable, fetch_memstats
+
+    try:
+        doc = fetch_memstats(url)
+    except Unreachable as exc:
+        click.echo(f"metalmem-agent: error: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    except ConfigError as exc:
+        raise click.BadParameter(exc.detail, param_hint="'--url'") from None
     if as_json:
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
@@ -317,56 +323,6 @@ def status(url: str, as_json: bool) -> None:
             param_hint="'--url'",
         ) from None
     click.echo(text)
-
-
-def fetch_memstats(url: str, timeout: float = 5.0) -> dict[str, Any]:
-    """GET ``url``/memstats as a dict. An unreachable agent exits 1 with one line saying why;
-    a URL that answers something other than a /memstats document is bad input (exit 2)."""
-    import http.client
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    target = url.rstrip("/") + "/memstats"
-    try:
-        parts = urllib.parse.urlsplit(target)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        raise click.BadParameter(f"{url!r}: {exc}", param_hint="'--url'") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise click.BadParameter(f"{url!r} is not an http:// URL with a host", param_hint="'--url'")
-    try:
-        with urllib.request.urlopen(target, timeout=timeout) as resp:
-            body = resp.read(16 << 20)
-    except ValueError as exc:  # what urlsplit let through and the request refused
-        raise click.BadParameter(f"{url!r}: {exc}", param_hint="'--url'") from None
-    except urllib.error.HTTPError as exc:
-        raise click.BadParameter(
-            f"{target} answered HTTP {exc.code} {exc.reason}: not a metalmem agent",
-            param_hint="'--url'",
-        ) from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        why = getattr(reason, "strerror", None) or str(reason)
-        click.echo(f"metalmem-agent: error: cannot reach {target}: {why}", err=True)
-        sys.exit(EXIT_FAILURE)
-    except TimeoutError:
-        click.echo(f"metalmem-agent: error: {target} did not answer in {timeout:g} s", err=True)
-        sys.exit(EXIT_FAILURE)
-    except (OSError, http.client.HTTPException) as exc:
-        why = getattr(exc, "strerror", None) or type(exc).__name__
-        click.echo(f"metalmem-agent: error: cannot read {target}: {why}", err=True)
-        sys.exit(EXIT_FAILURE)
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("schema_version"), int):
-        raise click.BadParameter(
-            f"{target} answered, but not with a metalmem /memstats document",
-            param_hint="'--url'",
-        )
-    return doc
 
 
 def render_status(doc: Mapping[str, Any]) -> str:
@@ -451,71 +407,35 @@ def explain(config_path: str | None, discover: str | None, scope: str, as_json: 
 
     Read-only: it samples and ranks, and stops nothing, whatever the configured mode.
     """
+    from metalmem.ranking import rank_now
+
     config = _load(config_path)
-    pattern = discover if discover is not None else (config.discover if config else None)
-    if pattern is not None:
-        try:
-            check_pattern(pattern, "pattern")
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--discover'") from None
-    specs = config.targets if config else ()
-    pressure = config.pressure if config else PressurePolicy()
-    eviction = config.eviction if config else EvictionPolicy()
     try:
-        sampler = metalmem.Sampler(scope=scope)
-    except (metalmem.Error, OSError) as exc:
-        raise click.BadParameter(str(exc), param_hint="'--scope'") from None
-    with sampler:
-        targets = TargetTracker(sampler, specs, discover_pattern=pattern).refresh().targets
-        system = sampler.system()
-        by_pid = sampler.processes(t.pid for t in targets) if targets else {}
-        now = time.monotonic()
-        assessment = Classifier(pressure).assess(system, now=now)
-    unmatched = unmatched_targets(specs, targets)
-    by_key = {t.key: by_pid[t.pid] for t in targets if t.pid in by_pid}
-    # Rank as if CRITICAL and enforcing, so the table shows who would go first right now.
-    planner = Planner(dataclasses.replace(eviction, mode=EvictionMode.DRY_RUN), pressure)
-    plan = planner.plan(assessment, system, by_key, targets, now)
+        wanted = metalmem.AgentConfig(
+            pressure=config.pressure if config else PressurePolicy(),
+            eviction=config.eviction if config else EvictionPolicy(),
+            targets=config.targets if config else (),
+            discover=discover if discover is not None else (config.discover if config else None),
+            scope=scope,
+        )
+        r = rank_now(wanted)
+    except ConfigError as exc:
+        raise bad_parameter(exc) from None
     if as_json:
-        doc = {
-            "level": assessment.level.name,
-            "mode": eviction.mode.value,
-            "available": system.available,
-            "total": system.total,
-            "skip_reason": plan.skip_reason.value if plan.skip_reason else None,
-            "explanation": plan.explanation,
-            "needed_bytes": plan.needed_bytes,
-            "unmatched": unmatched,
-            "ranking": [
-                {
-                    "rank": c.rank,
-                    "key": c.target.key,
-                    "pid": c.target.pid,
-                    "priority": c.target.priority.value,
-                    "protected": c.target.protected,
-                    "footprint": c.footprint,
-                    "budget": c.target.budget,
-                    "over_budget": c.over_budget,
-                    "state": c.state.value,
-                    "why": c.why,
-                }
-                for c in plan.candidates
-            ],
-        }
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps(r.to_dict(), indent=2))
         return
     click.echo(
-        f"level {assessment.level.name}; available {human_bytes(system.available)} of "
-        f"{human_bytes(system.total)}; configured mode {eviction.mode.value}"
+        f"level {r.assessment.level.name}; available {human_bytes(r.system.available)} of "
+        f"{human_bytes(r.system.total)}; configured mode {r.mode.value}"
     )
-    for key in unmatched:
+    for key in r.unmatched:
         click.echo(f"target {key}: configured, but matches no running process")
-    if not plan.candidates:
-        if specs or pattern is not None:
+    if not r.plan.candidates:
+        if wanted.targets or wanted.discover is not None:
             click.echo("no managed targets: nothing configured matches a running process")
         else:
             click.echo("no managed targets (configure [[target]] tables or --discover)")
-    click.echo(plan.explain())
+    click.echo(r.plan.explain())
 
 
 __all__ = ["EXIT_USAGE", "explain", "resolve_settings", "run", "status"]
