@@ -27,7 +27,6 @@ from metalmem.limits import MAX_INTERVAL
 from metalmem.logsetup import setup_logging
 from metalmem.pressure import PressurePolicy
 from metalmem.systemd import SystemdNotifier
-from metalmem.targets import DEFAULT_MAX_MATCHES
 
 from .common import (
     EXIT_FAILURE,
@@ -150,19 +149,6 @@ SETTINGS: dict[str, Setting] = {
 _FLAG_OF = {s.field: name for name, s in SETTINGS.items() if s.field}
 
 
-def _file_value(name: str, config: Config | None) -> tuple[bool, Any]:
-    """The config file's value for option ``name``, as the file gives it."""
-    key = SETTINGS[name].key
-    if config is None or key is None or key not in config.given:
-        return False, None
-    section, bare = key.split(".")
-    if section == "discovery":
-        return True, config.discover
-    if section == "pressure":  # already validated into the policy
-        return True, getattr(config.pressure, bare)
-    return True, (config.agent if section == "agent" else config.kube)[bare]
-
-
 def resolve_settings(
     ctx: click.Context, values: Mapping[str, Any], config: Config | None
 ) -> metalmem.AgentConfig:
@@ -170,19 +156,17 @@ def resolve_settings(
     value) or click.BadParameter (a flag or variable), both exit 2."""
     from click.core import ParameterSource
 
+    in_file = config.settings() if config is not None else {}
     chosen: dict[str, Any] = {}
-    in_file: dict[str, str] = {}  # option -> where the file set it
     for name, setting in SETTINGS.items():
         if ctx.get_parameter_source(name) in (
             ParameterSource.COMMANDLINE,
             ParameterSource.ENVIRONMENT,
         ):
             chosen[name] = values[name]
-            continue
-        found, value = _file_value(name, config)
-        chosen[name] = value if found else setting.default
-        if found and config is not None and setting.key is not None:
-            in_file[name] = config.where.get(setting.key, config.path or "<config>")
+            in_file.pop(setting.field or "", None)
+        else:
+            chosen[name] = in_file.get(setting.field or "", setting.default)
 
     pressure = config.pressure if config is not None else PressurePolicy()
     overrides = {
@@ -205,20 +189,14 @@ def resolve_settings(
         eviction = dataclasses.replace(eviction, mode=EvictionMode.DRY_RUN)
     elif chosen["eviction_enabled"]:
         eviction = dataclasses.replace(eviction, mode=EvictionMode.ENFORCE)
+    fields = {s.field: chosen[name] for name, s in SETTINGS.items() if s.field}
     try:
-        return metalmem.AgentConfig(
-            pressure=pressure,
-            eviction=eviction,
-            targets=config.targets if config is not None else (),
-            max_matches=config.max_matches if config is not None else DEFAULT_MAX_MATCHES,
-            config_path=config.path if config is not None else None,
-            **{s.field: chosen[name] for name, s in SETTINGS.items() if s.field},
+        return metalmem.AgentConfig.from_mapping(
+            {**in_file, **fields, "pressure": pressure, "eviction": eviction}
         )
     except ConfigError as exc:
-        flag = _FLAG_OF.get(exc.key or "")
-        if flag in in_file:
-            key = SETTINGS[flag].key
-            raise ConfigError(f"{in_file[flag]}: {key}: {exc.detail}", key=key) from None
+        if config is not None and exc.key in in_file:
+            raise config.locate(exc) from None
         raise bad_parameter(exc) from None
 
 

@@ -32,7 +32,10 @@ from .watchdog import Listeners, State, Watchdog
 from .wiring import check_state_dir, make_reporter, open_record, open_sampler
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from .kube import KubeReporter
+    from .server import Server
 
 __all__ = ["Agent", "StopAction"]
 
@@ -59,7 +62,7 @@ class Agent:
         *,
         listeners: Listeners | None = None,
         stop_target: StopAction | None = None,
-        registry: Any = None,
+        registry: CollectorRegistry | None = None,
         serve_http: bool = True,
         sampler: Sampler | None = None,
         systemd: SystemdNotifier | None = None,
@@ -70,7 +73,7 @@ class Agent:
         self.stats = AgentStats()
         self.durations = SampleDurations()
         self.reporter: KubeReporter | None = None
-        self.server: Any = None
+        self.server: Server | None = None
         self.systemd = systemd if systemd is not None else SystemdNotifier({})
         self._record: IO[str] | None = None
         self._phase = "new"
@@ -126,7 +129,7 @@ class Agent:
             self.watchdog.gate.metadata = self.reporter.metadata
             self.reporter.gate = self.watchdog.gate.check
 
-    def _wire_http(self, registry: Any, serve: bool) -> None:
+    def _wire_http(self, registry: CollectorRegistry | None, serve: bool) -> None:
         """The collector (in ``registry`` too when given), the WSGI app, and its server."""
         from . import __version__
         from .metrics import MetalmemCollector, make_registry

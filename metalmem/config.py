@@ -214,6 +214,18 @@ class AgentConfig:
                 raise ConfigError(f"unknown key {key}", key=key)
         return cls(**mapping)
 
+    @classmethod
+    def from_file(cls, path: str) -> AgentConfig:
+        """The agent's TOML file (what ``metalmem-agent run --config`` reads), defaults for
+        what it leaves out; every error names the file, the key and, if found, the line."""
+        from .configfile import load_config
+
+        config = load_config(path)
+        try:
+            return cls.from_mapping(config.settings())
+        except ConfigError as exc:
+            raise config.locate(exc) from None
+
     def replace(self, **changes: Any) -> AgentConfig:
         """A copy with ``changes`` applied and validated."""
         return dataclasses.replace(self, **changes)

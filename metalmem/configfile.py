@@ -26,7 +26,7 @@ from .targets import (
     parse_target_specs,
 )
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_config", "parse_document"]
+__all__ = ["FIELDS", "Config", "ConfigError", "load_config", "parse_config", "parse_document"]
 
 _PRESSURE_DURATIONS = {
     "forecast_window",
@@ -53,6 +53,14 @@ AGENT_KEYS = frozenset(
 )
 KUBE_KEYS = frozenset({"enabled", "kubeconfig", "context", "namespace", "resource", "node_name"})
 _TOP_KEYS = {"pressure", "eviction", "target", "discovery", "agent", "kube"}
+# The file's [agent], [kube] and discovery keys as metalmem.AgentConfig fields.
+FIELDS: dict[str, str] = {
+    **{f"agent.{k}": k for k in AGENT_KEYS},
+    **{f"kube.{k}": k for k in KUBE_KEYS - {"enabled", "context"}},
+    "kube.enabled": "kube",
+    "kube.context": "kube_context",
+    "discovery.pattern": "discover",
+}
 
 
 # PressurePolicy thresholds that may be None (signal off): `key = false` in the file.
@@ -77,6 +85,29 @@ class Config:
     given: frozenset[str] = frozenset()
     path: str | None = None
     where: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def settings(self) -> dict[str, Any]:
+        """What the file sets, as :meth:`metalmem.AgentConfig.from_mapping` takes it: the
+        policies, targets and discovery validated, [agent] and [kube] values as written."""
+        out: dict[str, Any] = {
+            "pressure": self.pressure,
+            "eviction": self.eviction,
+            "targets": self.targets,
+            "max_matches": self.max_matches,
+            "config_path": self.path,
+        }
+        for key, field in FIELDS.items():
+            if key in self.given:
+                section, bare = key.split(".")
+                table = {"agent": self.agent, "kube": self.kube}.get(section)
+                out[field] = table[bare] if table is not None else self.discover
+        return out
+
+    def locate(self, exc: ConfigError) -> ConfigError:
+        """``exc`` (from a field :meth:`settings` gave) at the file's key and line."""
+        key = next((k for k, f in FIELDS.items() if f == exc.key), exc.key or "")
+        where = self.where.get(key, self.path or "<config>")
+        return ConfigError(f"{where}: {key}: {exc.detail}", key=key, detail=exc.detail)
 
 
 def _line_of(text: str, key: str, after: int = 0) -> int | None:
