@@ -24,7 +24,7 @@ from .hoststop import StopAction, host_stopper
 from .managed import ManagedTargets
 from .pressure import Classifier
 from .process import DEFAULT_KILL_TIMEOUT
-from .sampler import Sampler
+from .sampler import PressureEvents, Sampler
 from .systemd import SystemdNotifier
 from .targets import Target
 from .thresholdtext import thresholds_text
@@ -76,6 +76,7 @@ class Agent:
         self.server: Server | None = None
         self.systemd = systemd if systemd is not None else SystemdNotifier({})
         self._record: IO[str] | None = None
+        self._events: PressureEvents | None = None
         self._phase = "new"
         self._unstalled = threading.Event()
         self._unstalled.set()
@@ -105,10 +106,10 @@ class Agent:
         self.reporter = make_reporter(config, self.stats)
         if self.reporter is not None:
             self.reporter.attach(listeners)
-        events = None
+        events = self._events = None
         if config.interval > 0:
             try:
-                events = self.sampler.events()
+                events = self._events = self.sampler.events()
             except (Error, OSError) as exc:
                 log.info("event=pressure_events_unavailable error=%r fallback=polling", exc)
         stopper = self.reporter.stopper if self.reporter is not None else None
@@ -238,6 +239,9 @@ class Agent:
         log.info("event=stopped")
 
     def _release(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
         if self._host_registry is not None:
             registry, collector = self._host_registry
             registry.unregister(collector)

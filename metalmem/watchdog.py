@@ -476,6 +476,9 @@ class Watchdog:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._wake_r = self._wake_w = -1
+            stopping = flight is not None and flight.thread is not None and flight.thread.is_alive()
+            if self._stop_sampler is not self.sampler and not stopping:
+                self._stop_sampler.close()  # its own, opened in __init__ (an agent restarts)
 
     def __enter__(self) -> Watchdog:
         self.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -73,11 +74,25 @@ def metalmem_threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.name.startswith("metalmem-")}
 
 
+def tasks_and_fds() -> tuple[int, int]:
+    """This process's threads (Python's and the sampler's C ones) and open fds."""
+    return len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(autouse=True)
+def _threads_end() -> Iterator[None]:
+    """Every test leaves the process as it found it (later tests count threads)."""
+    before = set(threading.enumerate())
+    yield
+    wait_for(lambda: set(threading.enumerate()) <= before, timeout=10, what="threads end")
+
+
 # --- lifecycle ------------------------------------------------------------------------------
 
 
 def test_two_agents_start_and_stop_in_one_process(tmp_path: Any) -> None:
     before = metalmem_threads()
+    baseline = tasks_and_fds()
     for run in range(2):
         config = metalmem.AgentConfig(
             interval=0.05, listen=("127.0.0.1", 0), state_dir=str(tmp_path)
@@ -92,6 +107,8 @@ def test_two_agents_start_and_stop_in_one_process(tmp_path: Any) -> None:
         with pytest.raises(RuntimeError, match="runs once"):
             agent.start()
         wait_for(lambda: metalmem_threads() <= before, timeout=10, what="its threads end")
+        # Nothing leaks: the pressure-event thread and fds, the stop path's sampler, sockets.
+        wait_for(lambda: tasks_and_fds() == baseline, timeout=10, what=f"{baseline} again")
 
 
 def test_bad_settings_are_library_errors_naming_the_key(tmp_path: Any) -> None:
