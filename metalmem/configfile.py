@@ -110,6 +110,11 @@ class Config:
         return ConfigError(f"{where}: {key}: {exc.detail}", key=key, detail=exc.detail)
 
 
+def _error(where: str, detail: str, key: str | None = None) -> ConfigError:
+    """``where: detail``; ``detail`` alone is what a document without a file reports."""
+    return ConfigError(f"{where}: {detail}", key=key, detail=detail)
+
+
 def _line_of(text: str, key: str, after: int = 0) -> int | None:
     """The first line past ``after`` that assigns ``key`` (or opens ``[key]``), 1-based."""
     pattern = re.compile(rf"^\s*(\[+\s*{re.escape(key)}\s*\]+|\"?{re.escape(key)}\"?\s*=)")
@@ -127,7 +132,7 @@ def _where(path: str, text: str, key: str) -> str:
 def _section(doc: Mapping[str, Any], name: str, path: str, text: str) -> dict[str, Any]:
     value = doc.get(name, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"{_where(path, text, name)}: [{name}] must be a table")
+        raise _error(_where(path, text, name), f"[{name}] must be a table", name)
     return dict(value)
 
 
@@ -144,7 +149,7 @@ def _convert(
     for key, value in table.items():
         where = _where(path, text, key)
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key {section}.{key}")
+            raise _error(where, f"unknown key {section}.{key}", f"{section}.{key}")
         if value is False and key in _OPTIONAL_THRESHOLDS:
             out[key] = None  # `= false` turns an optional signal off (TOML has no null)
             continue
@@ -154,9 +159,7 @@ def _convert(
             elif key in sizes and isinstance(value, str):
                 value = parse_size(value)
         except ValueError as exc:
-            raise ConfigError(
-                f"{where}: {section}.{key}: {exc}", key=f"{section}.{key}", detail=str(exc)
-            ) from None
+            raise _error(where, f"{section}.{key}: {exc}", f"{section}.{key}") from None
         out[key] = value
     return out
 
@@ -194,7 +197,7 @@ def parse_document(doc: Mapping[str, Any], path: str = "<config>", text: str = "
     ``text``, when given, is where error messages find line numbers."""
     for key in doc:
         if key not in _TOP_KEYS:
-            raise ConfigError(f"{_where(path, text, key)}: unknown key {key}")
+            raise _error(_where(path, text, key), f"unknown key {key}", key)
     pressure_fields = {f.name for f in dataclasses.fields(PressurePolicy)}
     eviction_fields = {f.name for f in dataclasses.fields(EvictionPolicy)}
     p = _convert(
@@ -218,15 +221,18 @@ def parse_document(doc: Mapping[str, Any], path: str = "<config>", text: str = "
     d = _section(doc, "discovery", path, text)
     for key in d:
         if key not in _DISCOVERY_KEYS:
-            raise ConfigError(f"{_where(path, text, key)}: unknown key discovery.{key}")
+            raise _error(
+                _where(path, text, key), f"unknown key discovery.{key}", f"discovery.{key}"
+            )
     if "hard_signals" in p:
         signals = p["hard_signals"]
         if not isinstance(signals, list | tuple | set | frozenset) or not all(
             isinstance(x, str) for x in signals
         ):
-            raise ConfigError(
-                f"{_where(path, text, 'hard_signals')}: pressure.hard_signals: must be a list "
-                f"of signal names, got {signals!r}"
+            raise _error(
+                _where(path, text, "hard_signals"),
+                f"pressure.hard_signals: must be a list of signal names, got {signals!r}",
+                "pressure.hard_signals",
             )
         p["hard_signals"] = frozenset(signals)
     try:
@@ -239,7 +245,7 @@ def parse_document(doc: Mapping[str, Any], path: str = "<config>", text: str = "
         raise ConfigError(f"{path}: [eviction]: {exc}", key="eviction", detail=str(exc)) from None
     tables = doc.get("target", [])
     if not isinstance(tables, list | tuple):
-        raise ConfigError(f"{_where(path, text, 'target')}: target must be [[target]] tables")
+        raise _error(_where(path, text, "target"), "target must be [[target]] tables", "target")
     tables = [_target_durations(t) for t in tables]
     try:
         specs = parse_target_specs(tables)
@@ -264,7 +270,7 @@ def parse_document(doc: Mapping[str, Any], path: str = "<config>", text: str = "
         table = _section(doc, name, path, text)
         for key in table:
             if key not in keys:
-                raise ConfigError(f"{_where(path, text, key)}: unknown key {name}.{key}")
+                raise _error(_where(path, text, key), f"unknown key {name}.{key}", f"{name}.{key}")
             where[f"{name}.{key}"] = _where(path, text, key)
         extra[name] = table
     given = {
@@ -275,9 +281,10 @@ def parse_document(doc: Mapping[str, Any], path: str = "<config>", text: str = "
     given |= {f"{name}.{key}" for name, table in extra.items() for key in table}
     enabled = d.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise ConfigError(
-            f"{_where(path, text, 'enabled')}: discovery.enabled: must be true or false, "
-            f"got {enabled!r}"
+        raise _error(
+            _where(path, text, "enabled"),
+            f"discovery.enabled: must be true or false, got {enabled!r}",
+            "discovery.enabled",
         )
     max_matches = d.get("max_matches", DEFAULT_MAX_MATCHES)
     if (
@@ -285,18 +292,18 @@ def parse_document(doc: Mapping[str, Any], path: str = "<config>", text: str = "
         or not isinstance(max_matches, int)
         or not 1 <= max_matches <= _MAX_MATCHES_LIMIT
     ):
-        raise ConfigError(
-            f"{_where(path, text, 'max_matches')}: discovery.max_matches: must be an integer "
-            f"in [1, {_MAX_MATCHES_LIMIT}], got {max_matches!r}"
+        raise _error(
+            _where(path, text, "max_matches"),
+            f"discovery.max_matches: must be an integer in [1, {_MAX_MATCHES_LIMIT}], "
+            f"got {max_matches!r}",
+            "discovery.max_matches",
         )
     pattern = d.get("pattern") if enabled else None
     if pattern is not None:
         try:
             check_pattern(pattern, "discovery.pattern")
         except ValueError as exc:
-            raise ConfigError(
-                f"{_where(path, text, 'pattern')}: {exc}", key="discovery.pattern", detail=str(exc)
-            ) from None
+            raise _error(_where(path, text, "pattern"), str(exc), "discovery.pattern") from None
     return Config(
         pressure,
         eviction,
