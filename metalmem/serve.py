@@ -38,7 +38,8 @@ def run(
     test_hooks: bool = False,
     **agent_options: Any,
 ) -> int:
-    """Build, start and serve an Agent in the main thread; returns the exit status. Raises
+    """Build, start and serve an Agent in the main thread, as a daemon (the open-files soft
+    limit is lifted first: two fds per target); returns the exit status. Raises
     :class:`~metalmem.ConfigError` for a setting it cannot use, before anything runs."""
     raise_fd_limit()
     agent = Agent(config, **agent_options)
