@@ -484,7 +484,7 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     sys.path.insert(0, str(HERE.parent))
-    from cli.agent import DEFAULT_INTERVAL as ours
+    from metalmem.config import DEFAULT_INTERVAL as ours
 
     assert ours == DEFAULT_INTERVAL, "benchmarks/reaction.py: update DEFAULT_INTERVAL"
     n_psi = args.trials or (1 if QUICK else 5)

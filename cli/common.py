@@ -1,19 +1,27 @@
-"""Pieces every command shares: exit codes, the duration option type, threshold rendering
-(byte rendering and the unmatched-target check live in the library and are re-exported)."""
+"""Pieces every command shares: exit codes, byte rendering, the duration option type."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import click
 
 import metalmem
 from metalmem.limits import MAX_DURATION
-from metalmem.pressure import SIGNAL_TABLE
-from metalmem.targets import unmatched_targets as unmatched_targets
-from metalmem.units import human_bytes as human_bytes
+from metalmem.targets import unmatched_targets
+from metalmem.thresholdtext import format_thresholds
+from metalmem.units import human_bytes
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "DurationType",
+    "format_thresholds",
+    "human_bytes",
+    "unmatched_targets",
+]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -47,33 +55,3 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only i
         if seconds > self.maximum:
             self.fail(f"{value!r} is longer than the limit of {self.maximum:g}s", param, ctx)
         return seconds
-
-
-_FMT = {spec.signal.value: spec.fmt for spec in SIGNAL_TABLE}
-
-
-def _number(v: float) -> str:
-    """Exact for whole numbers (bytes per second), shortest repr otherwise."""
-    return str(int(v)) if float(v).is_integer() else repr(float(v))
-
-
-def format_thresholds(
-    thresholds: Mapping[str, Mapping[str, float | None]], *, human: bool = False
-) -> str:
-    """``signal=warning/critical`` per signal (``-`` where a level is off), from
-    :func:`metalmem.server.thresholds_dict` or /memstats' ``thresholds``.
-
-    Plain numbers in the signal's unit make one log token (``human=False``); ``human`` uses the
-    classifier's own renderings (``20.0%``, ``4.0 MiB/s``) for `status`, space-separated.
-    """
-    parts = []
-    for signal, levels in thresholds.items():
-        fmt = _FMT.get(signal) if human else None
-        shown = [
-            "-" if v is None else (fmt(v) if fmt is not None else _number(v))
-            for v in (levels.get("warning"), levels.get("critical"))
-        ]
-        parts.append(
-            f"{signal} {shown[0]} / {shown[1]}" if human else f"{signal}={'/'.join(shown)}"
-        )
-    return ("; " if human else ",").join(parts)

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 import metalmem
+from metalmem.configfile import ConfigError, load_config
 from metalmem.doctor import (
     DoctorOptions,
     Finding,
@@ -32,7 +33,6 @@ from metalmem.sampler import Sampler
 from metalmem.targets import check_pattern
 
 from .agent import DEFAULT_LISTEN, ListenType
-from .config import ConfigError, load_config
 
 __all__ = ["doctor", "render_table"]
 

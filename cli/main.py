@@ -164,62 +164,6 @@ def run_main() -> None:  # pragma: no cover - console entry for `python -m metal
 # --- record / replay (issue 4) -----------------------------------------------------------------
 
 
-class _StopOnSignal:
-    """SIGINT/SIGTERM only set a flag and wake :meth:`wait` (``signal.set_wakeup_fd``).
-
-    Handlers exist only while recording and only in the main thread (STYLE rule 13); the
-    previous handlers and wakeup fd are restored on exit. Elsewhere :meth:`wait` just sleeps.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._fds: tuple[int, int] | None = None
-        self._old: dict[int, Any] = {}
-        self._old_fd = -1
-
-    def __enter__(self) -> _StopOnSignal:
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            r, w = os.pipe()
-            os.set_blocking(r, False)
-            os.set_blocking(w, False)
-            self._fds = (r, w)
-            self._old_fd = signal.set_wakeup_fd(w)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.signum = signum
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` seconds; true once a stop signal has arrived."""
-        import select
-        import time
-
-        if self.signum is None and timeout > 0:
-            if self._fds is None:
-                time.sleep(timeout)
-            else:
-                readable, _, _ = select.select([self._fds[0]], [], [], timeout)
-                if readable:
-                    os.read(self._fds[0], 512)  # drain the wakeup bytes
-        return self.signum is not None
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        if self._fds is not None:
-            for sig, old in self._old.items():
-                signal.signal(sig, old)
-            signal.set_wakeup_fd(self._old_fd)
-            for fd in self._fds:
-                os.close(fd)
-            self._fds = None
-
-
 @main.command()
 @click.option(
     "--interval",
@@ -255,9 +199,11 @@ def record(interval: float, count: int | None, output: Any, scope: str) -> None:
     SIGTERM is complete up to its last tick; stopping that way exits 0. On a terminal, a
     progress line on stderr counts the samples (nothing when stderr is piped or a file).
     """
+    import signal
     import time
 
     from metalmem.replay import record_line
+    from metalmem.signals import SignalWaiter
 
     try:
         sampler = metalmem.Sampler(scope=scope)
@@ -265,7 +211,7 @@ def record(interval: float, count: int | None, output: Any, scope: str) -> None:
         raise click.BadParameter(str(exc), param_hint="'--scope'") from exc
     taken = 0
     progress = _Progress(sys.stderr, count, str(getattr(output, "name", "-")))
-    with sampler, _StopOnSignal() as stop:
+    with sampler, SignalWaiter((signal.SIGINT, signal.SIGTERM)) as stop:
         deadline = time.monotonic()
         while True:
             try:
@@ -281,7 +227,9 @@ def record(interval: float, count: int | None, output: Any, scope: str) -> None:
                 break
             # Ticks on a fixed schedule; a late tick is not made up for by a burst.
             deadline = max(deadline + interval, time.monotonic())
-            if stop.wait(deadline - time.monotonic()):
+            if stop.received is None:
+                stop.wait(max(0.0, deadline - time.monotonic()))
+            if stop.received is not None:
                 break
     progress.done(taken)
 

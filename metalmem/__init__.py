@@ -1,13 +1,16 @@
 """metalmem: keep LLM inference hosts alive under memory pressure.
 
 The public API, re-exported; nothing else lives here. Importing metalmem samples, registers,
-starts and imports (kubernetes) nothing.
+starts and imports (kubernetes, prometheus_client, the HTTP server) nothing: the guardian
+itself (``Agent``, ``AgentConfig``, ``run``) is imported on first use.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .darwin import derive_darwin
-from .errors import AccessDenied, Error, NoSuchProcess, Unsupported
+from .errors import AccessDenied, ConfigError, Error, NoSuchProcess, Unsupported
 from .eviction import (
     Candidate,
     CandidateState,
@@ -54,15 +57,44 @@ from .targets import (
     resolve,
 )
 
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .config import AgentConfig
+    from .hoststop import StopAction
+    from .serve import run
+
 __version__ = "0.1.0"
+
+# The guardian's composition pulls in the HTTP server and prometheus_client: on first use only.
+_LAZY = {
+    "Agent": "agent",
+    "StopAction": "hoststop",
+    "AgentConfig": "config",
+    "run": "serve",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'metalmem' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "PSI",
     "AccessDenied",
+    "Agent",
+    "AgentConfig",
     "Assessment",
     "Candidate",
     "CandidateState",
     "Classifier",
+    "ConfigError",
     "Error",
     "EvictionMode",
     "EvictionPolicy",
@@ -82,6 +114,7 @@ __all__ = [
     "Sampler",
     "Signal",
     "SkipReason",
+    "StopAction",
     "StopMethod",
     "StopRecord",
     "StopResult",
@@ -103,6 +136,7 @@ __all__ = [
     "process_memory",
     "record_line",
     "resolve",
+    "run",
     "stop",
     "system_memory",
     "threshold_bytes",

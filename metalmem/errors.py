@@ -73,3 +73,24 @@ class Unsupported(Error):
     """The platform or kernel cannot provide this signal at all."""
 
     __module__ = "metalmem"
+
+
+class ConfigError(Error, ValueError):
+    """A setting the guardian cannot use. ``key`` names it (``"interval"``,
+    ``"pressure.warning_available"``; ``None`` for the file as a whole); ``detail`` is the
+    problem without its location, so a front end can say where the value came from instead
+    (a flag, a variable, a line of a file). ``str()`` is one line naming both."""
+
+    __module__ = "metalmem"
+
+    def __init__(self, msg: str, *, key: str | None = None, detail: str | None = None) -> None:
+        super().__init__(msg)
+        self.key = key
+        self.detail = detail if detail is not None else msg
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_config_error, (self.msg, self.key, self.detail))
+
+
+def _config_error(msg: str, key: str | None, detail: str) -> ConfigError:
+    return ConfigError(msg, key=key, detail=detail)

@@ -129,6 +129,12 @@ class Evictor:
         self._last_skip: SkipReason | None = None
         self._last_dry_run: str | None = None
 
+    def close(self) -> None:
+        """Release the stop path's own Sampler (opened here; an agent may restart many times
+        in one process). Only once no stop is in flight."""
+        if self._stop_sampler is not self.sampler and isinstance(self._stop_sampler, Sampler):
+            self._stop_sampler.close()
+
     @property
     def mode(self) -> EvictionMode:
         """observe (no planner, or the policy says so), dry-run or enforce."""

@@ -219,6 +219,9 @@ class Watchdog:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._wake_r = self._wake_w = -1
+            stopping = flight is not None and flight.thread is not None and flight.thread.is_alive()
+            if not stopping:
+                self._evictor.close()  # the stop path's own Sampler (an agent restarts)
 
     def __enter__(self) -> Watchdog:
         self.start()

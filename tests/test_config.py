@@ -6,8 +6,8 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from metalmem_cli.config import ConfigError, load_config, parse_config
 
+from metalmem.configfile import ConfigError, load_config, parse_config
 from metalmem.eviction import EvictionMode
 from metalmem.targets import Priority
 
@@ -91,3 +91,19 @@ def test_agent_and_kube_sections_are_kept_with_their_lines() -> None:
     assert c.where["kube.enabled"] == "a.toml:5"
     with pytest.raises(ConfigError, match=r"a.toml:2: unknown key agent.intervl"):
         parse_config('[agent]\nintervl = "5s"\n', "a.toml")
+
+
+def test_an_agent_config_from_the_file_names_the_line_of_a_bad_value(
+    tmp_path: pathlib.Path,
+) -> None:
+    import metalmem
+
+    c = metalmem.AgentConfig.from_file(str(EXAMPLE))
+    assert c.listen == ("127.0.0.1", 9438) and c.discover == "llama-server"
+    assert c.eviction.mode == EvictionMode.DRY_RUN and c.kube is False
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[agent]\nscope = "host"\n\nlisten = "nowhere"\n')
+    with pytest.raises(ConfigError) as info:
+        metalmem.AgentConfig.from_file(str(bad))
+    assert str(info.value).startswith(f"{bad}:4: agent.listen: "), info.value
+    assert info.value.key == "agent.listen"

@@ -10,10 +10,13 @@ import metalmem
 
 PUBLIC = {
     "AccessDenied",
+    "Agent",
+    "AgentConfig",
     "Assessment",
     "Candidate",
     "CandidateState",
     "Classifier",
+    "ConfigError",
     "Error",
     "EvictionMode",
     "EvictionPolicy",
@@ -34,6 +37,7 @@ PUBLIC = {
     "Sampler",
     "Signal",
     "SkipReason",
+    "StopAction",
     "StopMethod",
     "StopRecord",
     "StopResult",
@@ -55,6 +59,7 @@ PUBLIC = {
     "process_memory",
     "record_line",
     "resolve",
+    "run",
     "stop",
     "system_memory",
     "threshold_bytes",
@@ -77,6 +82,28 @@ def test_importing_has_no_side_effects() -> None:
         "import metalmem.sampler as s; assert s._shared is None"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# What an embedding host pays only when it builds the guardian: the CLI's parser, the metrics
+# client, Kubernetes, the agent's HTTP server and the agent itself.
+HEAVY = ("click", "prometheus_client", "kubernetes", "wsgiref.simple_server", "metalmem.server",
+         "metalmem.metrics", "metalmem.agent", "metalmem_cli")  # fmt: skip
+
+
+def test_importing_metalmem_imports_nothing_heavy_until_the_agent_is_used() -> None:
+    code = (
+        "import sys, metalmem; "
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules)); "
+        "metalmem.Agent; metalmem.AgentConfig; "
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, timeout=60, capture_output=True, text=True
+    ).stdout.splitlines()
+    assert out[0] == "[]", out
+    # The probe can see a module arrive; even then the server and metrics client wait for an
+    # Agent to be built.
+    assert out[1] == "['metalmem.agent']", out
 
 
 def test_levels_are_ordered_ints() -> None:

@@ -641,8 +641,7 @@ def test_doctor_names_targets_a_non_root_agent_cannot_read(
 ) -> None:
     # The case: the agent runs as uid 501 and llama-server as another user. The
     # tracker cannot adopt it (no start time), and doctor must say why and how to fix it.
-    from metalmem_cli.config import load_config
-
+    from metalmem.configfile import load_config
     from metalmem.doctor import DoctorOptions, Verdict, gather_facts, run_checks
 
     child = children.spawn()

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from metalmem_cli.agent import resolve_settings, run
-from metalmem_cli.config import load_config
 
+from metalmem.configfile import load_config
 from metalmem.eviction import EvictionMode
 
 from .helpers import Children, has_exited, wait_for

@@ -39,6 +39,7 @@ VENV_BIN = Path(sys.executable).parent
 COMMAND_TIMEOUT = 60.0  # seconds per command; doc commands must be quick examples
 
 RUN_MARKS = frozenset({"host-dependent"})
+PYTHON_MARKS = frozenset({"run"})  # ```python {run}: a program the test runs; it must exit 0
 SKIP_MARKS = frozenset({"agent", "root", "cluster", "macos", "long"})
 SHELLISH = frozenset(
     {"bash", "shell", "console", "shell-session", "shellsession", "sh-session", "fish", "ksh",
@@ -194,6 +195,8 @@ def violations(path: Path, text: str | None = None) -> list[str]:
                 "sh {agent|root|cluster|macos|long} or zsh (not run), or text for output"
             )
             continue
+        if block.lang == "python" and block.marks - PYTHON_MARKS:
+            found.append(f"{block.where}: unknown mark(s) {sorted(block.marks - PYTHON_MARKS)}")
         if not block.is_shell:
             continue
         unknown = block.marks - RUN_MARKS - SKIP_MARKS
@@ -244,6 +247,8 @@ def test_docs_convention_catches_unmarked_and_wrong_commands() -> None:
     assert "docs/bad.md:18: metalmem-agent has no subcommand 'frobnicate'" in joined
     assert "docs/bad.md:21: unknown mark(s) ['weird']" in joined
     assert len(problems) == 6, joined  # the {root} block with a continuation line is fine
+    python = violations(DOCS / "bad.md", "```python {run}\npass\n```\n\n```python {rnu}\n```\n")
+    assert python == ["docs/bad.md:5: unknown mark(s) ['rnu']"], python
 
 
 # --- running the Linux commands ------------------------------------------------------------
@@ -390,6 +395,25 @@ def test_docs_run_failures_are_reported(tmp_path: Path) -> None:
     assert status == 2
     status, out, _ = _run("metalmem-agent --version", tmp_path)
     assert status == 0 and "metalmem-agent" in out
+
+
+PYTHON_BLOCKS = [
+    b for path in DOC_FILES for b in parse_blocks(path) if b.lang == "python" and "run" in b.marks
+]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the examples start Linux processes")
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.where)
+def test_docs_python_examples_run(block: Block, tmp_path: Path) -> None:
+    # A `python {run}` block is a whole program: run as a file of its own, in a scratch
+    # directory, by this interpreter (metalmem installed); it must exit 0 in time.
+    program = tmp_path / "example.py"
+    program.write_text("\n".join(line for _, line in block.lines) + "\n")
+    status, out, err = _run(f"{shlex.quote(sys.executable)} {program}", tmp_path)
+    assert status == 0, (
+        f"{block.where}: " + ("timed out" if status is None else f"exited {status}")
+        + f"\n--- stdout\n{out[-2000:]}\n--- stderr\n{err[-2000:]}"
+    )  # fmt: skip
 
 
 # --- links ---------------------------------------------------------------------------------

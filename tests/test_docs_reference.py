@@ -8,8 +8,8 @@ import pathlib
 import re
 
 from metalmem_cli.agent import SETTINGS, run
-from metalmem_cli.config import AGENT_KEYS, KUBE_KEYS
 
+from metalmem.configfile import AGENT_KEYS, KUBE_KEYS
 from metalmem.eviction import EvictionPolicy, SkipReason
 from metalmem.metrics import METRIC_NAMES
 from metalmem.pressure import PressurePolicy

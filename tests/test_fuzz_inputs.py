@@ -25,8 +25,9 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from metalmem_cli.config import ConfigError, parse_config
 from metalmem_cli.main import main
+
+from metalmem.configfile import ConfigError, parse_config
 
 CASES: dict[str, int] = {}  # cases run per test, for the report
 

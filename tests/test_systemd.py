@@ -1,4 +1,4 @@
-"""cli/systemd.py against real sockets and a real agent: sd_notify datagrams on a unix socket
+"""metalmem/systemd.py against real sockets and a real agent: sd_notify datagrams on a unix socket
 the test binds (as systemd would), the watchdog withheld while the loop is stalled, and syslog
 priorities on log lines when stderr is the journal stream."""
 
@@ -14,7 +14,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from metalmem_cli.systemd import JournalPriority, SystemdNotifier, stderr_is_journal
+
+from metalmem.systemd import JournalPriority, SystemdNotifier, stderr_is_journal
 
 from .agentproc import AgentProcess
 from .helpers import wait_for

@@ -11,8 +11,8 @@ When stderr is connected to the journal (``$JOURNAL_STREAM`` names stderr's devi
 systemd.exec(5)), each line gets a ``<N>`` syslog priority prefix (sd-daemon(3)), which
 journald strips and stores, so ``journalctl -p warning`` can filter the agent's lines.
 
-Only ``cli/`` reads the environment (STYLE rule 2): this module does, and takes it as an
-argument so tests pass their own.
+Only ``cli/`` reads the environment (STYLE rule 2): this module takes it as an argument, so
+``metalmem-agent`` passes the process's and tests (or a host application) their own.
 """
 
 from __future__ import annotations

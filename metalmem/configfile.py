@@ -1,8 +1,10 @@
 """The agent's TOML config file: ``[pressure]``, ``[eviction]``, ``[[target]]``, ``[discovery]``.
 
-Only ``cli/`` reads config files (STYLE rule 2): this module reads one and maps it, in one
-function, into the library's frozen, validated objects. Every error is a :class:`ConfigError`
-whose message names the file, the key and, where it can be found, the line.
+It maps the file, in one function, into the library's frozen, validated objects; the same
+function validates a document a host application builds itself (:func:`parse_document`).
+Every error is a :class:`~metalmem.ConfigError` whose message names the file, the key and,
+where it can be found, the line. Reading the file is the caller's choice: the agent's command
+line passes the path it was given; nothing here looks for one.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from metalmem.eviction import EvictionPolicy
-from metalmem.pressure import PressurePolicy, parse_duration
-from metalmem.targets import (
+from .errors import ConfigError
+from .eviction import EvictionPolicy
+from .pressure import PressurePolicy, parse_duration
+from .targets import (
     DEFAULT_MAX_MATCHES,
     TargetSpec,
     check_pattern,
@@ -23,7 +26,7 @@ from metalmem.targets import (
     parse_target_specs,
 )
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
+__all__ = ["FIELDS", "Config", "ConfigError", "load_config", "parse_config", "parse_document"]
 
 _PRESSURE_DURATIONS = {
     "forecast_window",
@@ -43,23 +46,27 @@ _EVICTION_SIZES = {"min_reclaim"}
 _DISCOVERY_KEYS = {"pattern", "enabled", "max_matches"}
 _MAX_MATCHES_LIMIT = 4096  # more processes than any host runs models; a typo past it
 # [agent] and [kube]: the run command's own settings (flag > environment > file > default).
-# Values stay as the file gives them; cli/agent.py validates them with the flags' own types,
-# so a value means the same in every place it can be set.
+# Values stay as the file gives them; metalmem.config.AgentConfig validates them, so a value
+# means the same in every place it can be set.
 AGENT_KEYS = frozenset(
     {"interval", "listen", "scope", "state_dir", "record", "log_format", "log_level"}
 )
 KUBE_KEYS = frozenset({"enabled", "kubeconfig", "context", "namespace", "resource", "node_name"})
 _TOP_KEYS = {"pressure", "eviction", "target", "discovery", "agent", "kube"}
+# The file's [agent], [kube] and discovery keys as metalmem.AgentConfig fields.
+FIELDS: dict[str, str] = {
+    **{f"agent.{k}": k for k in AGENT_KEYS},
+    **{f"kube.{k}": k for k in KUBE_KEYS - {"enabled", "context"}},
+    "kube.enabled": "kube",
+    "kube.context": "kube_context",
+    "discovery.pattern": "discover",
+}
 
 
 # PressurePolicy thresholds that may be None (signal off): `key = false` in the file.
 _OPTIONAL_THRESHOLDS = frozenset(
     f.name for f in dataclasses.fields(PressurePolicy) if "None" in str(f.type)
 )
-
-
-class ConfigError(ValueError):
-    """An unreadable or invalid config file; the message is one line for the operator."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,6 +86,34 @@ class Config:
     path: str | None = None
     where: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
+    def settings(self) -> dict[str, Any]:
+        """What the file sets, as :meth:`metalmem.AgentConfig.from_mapping` takes it: the
+        policies, targets and discovery validated, [agent] and [kube] values as written."""
+        out: dict[str, Any] = {
+            "pressure": self.pressure,
+            "eviction": self.eviction,
+            "targets": self.targets,
+            "max_matches": self.max_matches,
+            "config_path": self.path,
+        }
+        for key, field in FIELDS.items():
+            if key in self.given:
+                section, bare = key.split(".")
+                table = {"agent": self.agent, "kube": self.kube}.get(section)
+                out[field] = table[bare] if table is not None else self.discover
+        return out
+
+    def locate(self, exc: ConfigError) -> ConfigError:
+        """``exc`` (from a field :meth:`settings` gave) at the file's key and line."""
+        key = next((k for k, f in FIELDS.items() if f == exc.key), exc.key or "")
+        where = self.where.get(key, self.path or "<config>")
+        return ConfigError(f"{where}: {key}: {exc.detail}", key=key, detail=exc.detail)
+
+
+def _error(where: str, detail: str, key: str | None = None) -> ConfigError:
+    """``where: detail``; ``detail`` alone is what a document without a file reports."""
+    return ConfigError(f"{where}: {detail}", key=key, detail=detail)
+
 
 def _line_of(text: str, key: str, after: int = 0) -> int | None:
     """The first line past ``after`` that assigns ``key`` (or opens ``[key]``), 1-based."""
@@ -97,7 +132,7 @@ def _where(path: str, text: str, key: str) -> str:
 def _section(doc: Mapping[str, Any], name: str, path: str, text: str) -> dict[str, Any]:
     value = doc.get(name, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"{_where(path, text, name)}: [{name}] must be a table")
+        raise _error(_where(path, text, name), f"[{name}] must be a table", name)
     return dict(value)
 
 
@@ -114,7 +149,7 @@ def _convert(
     for key, value in table.items():
         where = _where(path, text, key)
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key {section}.{key}")
+            raise _error(where, f"unknown key {section}.{key}", f"{section}.{key}")
         if value is False and key in _OPTIONAL_THRESHOLDS:
             out[key] = None  # `= false` turns an optional signal off (TOML has no null)
             continue
@@ -124,7 +159,7 @@ def _convert(
             elif key in sizes and isinstance(value, str):
                 value = parse_size(value)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {section}.{key}: {exc}") from None
+            raise _error(where, f"{section}.{key}: {exc}", f"{section}.{key}") from None
         out[key] = value
     return out
 
@@ -154,9 +189,15 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_document(doc, path, text)
+
+
+def parse_document(doc: Mapping[str, Any], path: str = "<config>", text: str = "") -> Config:
+    """Validate a document shaped like the file (``{"pressure": {...}, "target": [...]}``);
+    ``text``, when given, is where error messages find line numbers."""
     for key in doc:
         if key not in _TOP_KEYS:
-            raise ConfigError(f"{_where(path, text, key)}: unknown key {key}")
+            raise _error(_where(path, text, key), f"unknown key {key}", key)
     pressure_fields = {f.name for f in dataclasses.fields(PressurePolicy)}
     eviction_fields = {f.name for f in dataclasses.fields(EvictionPolicy)}
     p = _convert(
@@ -180,26 +221,31 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     d = _section(doc, "discovery", path, text)
     for key in d:
         if key not in _DISCOVERY_KEYS:
-            raise ConfigError(f"{_where(path, text, key)}: unknown key discovery.{key}")
+            raise _error(
+                _where(path, text, key), f"unknown key discovery.{key}", f"discovery.{key}"
+            )
     if "hard_signals" in p:
         signals = p["hard_signals"]
-        if not isinstance(signals, list) or not all(isinstance(x, str) for x in signals):
-            raise ConfigError(
-                f"{_where(path, text, 'hard_signals')}: pressure.hard_signals: must be a list "
-                f"of signal names, got {signals!r}"
+        if not isinstance(signals, list | tuple | set | frozenset) or not all(
+            isinstance(x, str) for x in signals
+        ):
+            raise _error(
+                _where(path, text, "hard_signals"),
+                f"pressure.hard_signals: must be a list of signal names, got {signals!r}",
+                "pressure.hard_signals",
             )
         p["hard_signals"] = frozenset(signals)
     try:
         pressure = PressurePolicy(**p)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: [pressure]: {exc}") from None
+        raise ConfigError(f"{path}: [pressure]: {exc}", key="pressure", detail=str(exc)) from None
     try:
         eviction = EvictionPolicy(**e)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: [eviction]: {exc}") from None
+        raise ConfigError(f"{path}: [eviction]: {exc}", key="eviction", detail=str(exc)) from None
     tables = doc.get("target", [])
-    if not isinstance(tables, list):
-        raise ConfigError(f"{_where(path, text, 'target')}: target must be [[target]] tables")
+    if not isinstance(tables, list | tuple):
+        raise _error(_where(path, text, "target"), "target must be [[target]] tables", "target")
     tables = [_target_durations(t) for t in tables]
     try:
         specs = parse_target_specs(tables)
@@ -213,14 +259,18 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         ]
         start = headers[int(index.group(1))] if index and int(index.group(1)) < len(headers) else 0
         line = _line_of(text, _target_key(message), start)
-        raise ConfigError(f"{path}:{line}: {message}" if line else f"{path}: {message}") from None
+        raise ConfigError(
+            f"{path}:{line}: {message}" if line else f"{path}: {message}",
+            key="target",
+            detail=message,
+        ) from None
     extra: dict[str, dict[str, Any]] = {}
     where: dict[str, str] = {}
     for name, keys in (("agent", AGENT_KEYS), ("kube", KUBE_KEYS)):
         table = _section(doc, name, path, text)
         for key in table:
             if key not in keys:
-                raise ConfigError(f"{_where(path, text, key)}: unknown key {name}.{key}")
+                raise _error(_where(path, text, key), f"unknown key {name}.{key}", f"{name}.{key}")
             where[f"{name}.{key}"] = _where(path, text, key)
         extra[name] = table
     given = {
@@ -231,9 +281,10 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     given |= {f"{name}.{key}" for name, table in extra.items() for key in table}
     enabled = d.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise ConfigError(
-            f"{_where(path, text, 'enabled')}: discovery.enabled: must be true or false, "
-            f"got {enabled!r}"
+        raise _error(
+            _where(path, text, "enabled"),
+            f"discovery.enabled: must be true or false, got {enabled!r}",
+            "discovery.enabled",
         )
     max_matches = d.get("max_matches", DEFAULT_MAX_MATCHES)
     if (
@@ -241,16 +292,18 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         or not isinstance(max_matches, int)
         or not 1 <= max_matches <= _MAX_MATCHES_LIMIT
     ):
-        raise ConfigError(
-            f"{_where(path, text, 'max_matches')}: discovery.max_matches: must be an integer "
-            f"in [1, {_MAX_MATCHES_LIMIT}], got {max_matches!r}"
+        raise _error(
+            _where(path, text, "max_matches"),
+            f"discovery.max_matches: must be an integer in [1, {_MAX_MATCHES_LIMIT}], "
+            f"got {max_matches!r}",
+            "discovery.max_matches",
         )
     pattern = d.get("pattern") if enabled else None
     if pattern is not None:
         try:
             check_pattern(pattern, "discovery.pattern")
         except ValueError as exc:
-            raise ConfigError(f"{_where(path, text, 'pattern')}: {exc}") from None
+            raise _error(_where(path, text, "pattern"), str(exc), "discovery.pattern") from None
     return Config(
         pressure,
         eviction,
