@@ -3,7 +3,9 @@ mean, and what building an :class:`Api` imports (issue 15: only kubernetes' conf
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import socket
 import subprocess
 import sys
 import threading
@@ -12,10 +14,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from metalmem.kube.api import APPLY_PATCH, MERGE_PATCH, Api, CallFailed, WriteResult
 from metalmem.kube.events import microtime
 from metalmem.kube.options import DEFAULT_RESOURCE, KubeOptions, Resource
+from metalmem.kube.rest import _no_proxy
 from metalmem.targets import KubeRef
 
 from .kubefake import FakeKube
@@ -231,3 +235,95 @@ def test_building_the_api_imports_only_the_config_loaders(
     assert doc["full"] > doc["lean"] + 8 * 2**20, "the probe sees what the full import costs"
     assert doc["client"] == "ApiClient", "kube_config's ApiClient is the real one afterwards"
     assert (doc["items"], doc["again"]) == (1, 1)
+
+
+class ConnectProxy:
+    """A real HTTP CONNECT proxy on loopback (what ``proxy-url`` names): it records each
+    CONNECT line, answers 200 and relays bytes both ways."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                client.close()
+                return
+            head += chunk
+        line = head.split(b"\r\n", 1)[0].decode()
+        self.lines.append(line)
+        host, _, port = line.split()[1].rpartition(":")
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_relay, args=(a, b), daemon=True).start()
+
+
+def _relay(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+def test_a_proxy_url_tunnels_the_calls(fake: FakeKube, tmp_path: pathlib.Path) -> None:
+    _seed(fake, "a")
+    kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    doc = yaml.safe_load(kubeconfig.read_text())
+    proxy = ConnectProxy()
+    try:
+        doc["clusters"][0]["cluster"]["proxy-url"] = f"http://127.0.0.1:{proxy.port}"
+        kubeconfig.write_text(yaml.safe_dump(doc))
+        api = Api(KubeOptions(kubeconfig=str(kubeconfig)), RESOURCE)
+        assert [o["metadata"]["name"] for o in api.list(NS)] == ["a"]
+        assert api.get(KubeRef(NS, "a"))["metadata"]["name"] == "a"
+        api.close()
+    finally:
+        proxy.close()
+    assert [line.rsplit(" ", 1)[0] for line in proxy.lines] == [f"CONNECT 127.0.0.1:{fake.port}"], (
+        "one tunnel, kept for both calls"
+    )
+    assert len(fake.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "rules,bypassed",
+    [
+        ("", False),
+        ("*", True),
+        ("example.com", True),  # and its subdomains
+        (".example.com", True),
+        ("api.example.com:6443", True),
+        ("api.example.com:443", False),
+        ("other.com, 10.0.0.0/8", False),
+        ("xample.com", False),
+    ],
+)
+def test_no_proxy_rules(rules: str, bypassed: bool) -> None:
+    assert _no_proxy(rules, "api.example.com", 6443) is bypassed
+
+
+def test_no_proxy_networks() -> None:
+    assert _no_proxy("10.0.0.0/8", "10.96.0.1", 443)
+    assert _no_proxy(" 10.96.0.1 ", "10.96.0.1", 443)
+    assert not _no_proxy("10.0.0.0/8", "192.168.1.1", 443)
