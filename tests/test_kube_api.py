@@ -128,7 +128,13 @@ def test_failures_map_to_results_and_transience(fake: FakeKube, api: Api) -> Non
 def test_outage_stall_and_recovery(fake: FakeKube, api: Api) -> None:
     _seed(fake, "a")
     ref = KubeRef(NS, "a")
-    api.get(ref)  # a kept connection, which the outage drops
+    api.get(ref)  # a kept connection, which a restart drops: the next call opens another
+    fake.stop()
+    fake.start()
+    for _ in range(2):
+        assert api.merge_patch(ref, {"metadata": {"annotations": {"x": "0"}}})
+        fake.stop()
+        fake.start()
     fake.stop()
     with pytest.raises(CallFailed) as info:
         api.get(ref)

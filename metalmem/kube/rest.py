@@ -110,21 +110,26 @@ class Rest:
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
             headers["Content-Type"] = content_type or "application/json"
-        conn, reused = self._take()
+        deadline = time.monotonic() + self._timeout  # the whole call, connecting included
+        call = (method, target, headers, data)
+        conn, reused = self._take(deadline)
         try:
             try:
-                status, reason, raw, keep = self._exchange(conn, method, target, headers, data)
+                status, reason, raw, keep = self._exchange(conn, deadline, *call)
             except (ConnectionResetError, BrokenPipeError):  # RemoteDisconnected included
                 if not (reused and method == "GET"):
                     raise
                 # The server closed a kept connection as we reused it: a read can be repeated.
                 conn.close()
-                conn = self._connect()
-                status, reason, raw, keep = self._exchange(conn, method, target, headers, data)
+                conn = self._connect(deadline)
+                status, reason, raw, keep = self._exchange(conn, deadline, *call)
         except BaseException:
             conn.close()
             raise
-        self._give(conn) if keep else conn.close()
+        if keep:
+            self._give(conn)
+        else:
+            conn.close()
         if status >= 400:
             raise HttpError(status, reason, raw)
         return json.loads(raw) if raw.strip() else {}
@@ -132,12 +137,13 @@ class Rest:
     def _exchange(
         self,
         conn: http.client.HTTPConnection,
+        deadline: float,
         method: str,
         target: str,
         headers: dict[str, str],
         data: bytes | None,
     ) -> tuple[int, str, bytes, bool]:
-        deadline = time.monotonic() + self._timeout
+        _settimeout(conn, deadline)  # a kept connection still has its last call's timeout
         conn.request(method, target, body=data, headers=headers)
         _settimeout(conn, deadline)
         resp = conn.getresponse()
@@ -158,12 +164,12 @@ class Rest:
             return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
         return {}
 
-    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+    def _take(self, deadline: float) -> tuple[http.client.HTTPConnection, bool]:
         while True:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                return self._connect(), False
+                return self._connect(deadline), False
             if not _dropped(conn):
                 return conn, True
             conn.close()
@@ -175,16 +181,19 @@ class Rest:
                 return
         conn.close()
 
-    def _connect(self) -> http.client.HTTPConnection:
+    def _connect(self, deadline: float) -> http.client.HTTPConnection:
         if self._proxy is not None:
             host, port, headers = self._proxy
         else:
             host, port, headers = self._host, self._port, None
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            raise TimeoutError("request timed out")
         conn: http.client.HTTPConnection
         if self._context is not None:
-            conn = _Https(host, port, self._timeout, self._context, self._server_hostname)
+            conn = _Https(host, port, timeout, self._context, self._server_hostname)
         else:
-            conn = http.client.HTTPConnection(host, port, timeout=self._timeout)
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
         if self._proxy is not None:
             conn.set_tunnel(self._host, self._port, headers=headers)
         conn.connect()  # here, so that a refused connection is not taken for a dropped one
