@@ -9,7 +9,8 @@ protection from the object's spec) and :meth:`KubeReporter.stopper` (evict throu
 One module per job, the reporter only composing them:
 
 - :mod:`.options`: what the agent configures, and :func:`kube_available`;
-- :mod:`.api`: the API calls (the official client, bounded timeouts) and what failures mean;
+- :mod:`.api`: the API calls (bounded timeouts) and what failures mean;
+- :mod:`.rest`: the HTTP client they go through (http.client and ssl);
 - :mod:`.objects`: what is known of each object, and the metadata the safety gate trusts;
 - :mod:`.condition`: the ``MemoryPressure`` condition;
 - :mod:`.events`: events and their series;
@@ -25,8 +26,9 @@ against a fresh read; 404 ends reporting for that object until a refresh finds i
 logged once with the RBAC verb that is missing. The one exception is
 :meth:`KubeReporter.stopper`, which runs on the watchdog thread during an eviction.
 
-``kubernetes`` (~150-200 ms and ~30 MiB to import, reference/python-ecosystem.md 2.5) is imported
-only by :meth:`KubeReporter.start`; importing this package imports nothing of it.
+Of ``kubernetes`` only the kubeconfig and in-cluster loaders and ``Configuration`` are imported
+(the API classes and models cost ~25 MiB more: issue 15), and only by :meth:`KubeReporter.start`;
+importing this package imports nothing of it.
 """
 
 import importlib

@@ -64,14 +64,6 @@ def microtime(unix: float) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _event_time(unix: float) -> datetime.datetime:
-    """eventTime for the client's model. The client serializes it with ``isoformat()``, which
-    drops the fraction when it is 0, and MicroTime then fails to parse (exactly six digits):
-    never send microsecond 0."""
-    dt = datetime.datetime.fromtimestamp(unix, datetime.UTC)
-    return dt if dt.microsecond else dt.replace(microsecond=1)
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class EventItem:
     ref: KubeRef
@@ -195,7 +187,7 @@ class EventSink:
                 "apiVersion": "events.k8s.io/v1",
                 "kind": "Event",
                 "metadata": {"name": name, "namespace": item.ref.namespace},
-                "eventTime": _event_time(item.time_unix),
+                "eventTime": microtime(item.time_unix),  # MicroTime: exactly six digits
                 "reportingController": REPORTING_CONTROLLER,
                 "reportingInstance": self._options.node_name,
                 "action": action,

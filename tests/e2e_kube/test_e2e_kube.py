@@ -1,7 +1,7 @@
 """The Kubernetes reporter against a real kube-apiserver (``make e2e-kube``).
 
 The same in-process harness as tests/test_kube.py (the real Watchdog, Sampler, Planner, child
-processes and the official client), but the API server is kube-apiserver with etcd, LLMKube's
+processes and metalmem.kube.rest), but the API server is kube-apiserver with etcd, LLMKube's
 CRD and deploy/kubernetes/rbac.yaml applied, and the agent authenticates as the service account
 that rbac.yaml binds. What only a real server can answer: server-side apply beside a manager that
 Updates and merge-patches the same list, structural pruning and validation of what we write,
@@ -39,7 +39,7 @@ from metalmem.targets import Priority
 from metalmem.watchdog import Watchdog
 
 from ..helpers import Children, wait_for
-from ..kubereal import GROUP, PLURAL, RealKube, grant_removed
+from ..kubereal import GROUP, PLURAL, VERSION, RealKube, grant_removed
 from ..test_kube import AVAILABLE_COND, NS, POLICY, Env, Host, _ticks
 
 pytest.importorskip("kubernetes")
@@ -340,3 +340,48 @@ def test_kubectl_describe_shows_the_condition_and_events(env: Env) -> None:
     assert row[:2] == ["Warning", "MemoryPressureLevelChanged"], out
     assert row[2] != "<invalid>" and row[3] == REPORTING_CONTROLLER, out
     assert "memory pressure NORMAL -> WARNING" in " ".join(row), out
+
+
+@pytest.mark.parametrize(
+    "change,ok,error",
+    [
+        ({}, True, ""),
+        ({"tls-server-name": "localhost"}, True, ""),  # in the serving certificate
+        ({"server": "localhost"}, True, ""),  # https://localhost:<port>: checked by name
+        ({"tls-server-name": "elsewhere.example"}, False, "CERTIFICATE_VERIFY_FAILED"),
+        ({"certificate-authority-data": None}, False, "CERTIFICATE_VERIFY_FAILED"),
+        ({"certificate-authority-data": None, "insecure-skip-tls-verify": True}, True, ""),
+    ],
+)
+def test_tls_is_verified_as_the_kubeconfig_says(
+    real_kube: RealKube, tmp_path: pathlib.Path, change: dict[str, Any], ok: bool, error: str
+) -> None:
+    """metalmem.kube.rest's TLS (http.client + ssl) against the server's own certificate
+    (127.0.0.1 and localhost, signed by the CA the kubeconfig carries)."""
+    import yaml
+
+    from metalmem.kube.api import Api, CallFailed
+    from metalmem.kube.options import KubeOptions, Resource
+
+    real_kube.clear(NS)
+    kubeconfig = real_kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    doc = yaml.safe_load(kubeconfig.read_text())
+    cluster = doc["clusters"][0]["cluster"]
+    for key, value in change.items():
+        if key == "server":
+            cluster["server"] = cluster["server"].replace("127.0.0.1", value)
+        elif value is None:
+            del cluster[key]
+        else:
+            cluster[key] = value
+    kubeconfig.write_text(yaml.safe_dump(doc))
+    api = Api(KubeOptions(kubeconfig=str(kubeconfig)), Resource(GROUP, VERSION, PLURAL))
+    try:
+        if ok:
+            assert api.list(NS) == []
+        else:
+            with pytest.raises(CallFailed) as info:
+                api.list(NS)
+            assert info.value.transient and error in info.value.message
+    finally:
+        api.close()
