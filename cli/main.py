@@ -199,38 +199,22 @@ def record(interval: float, count: int | None, output: Any, scope: str) -> None:
     SIGTERM is complete up to its last tick; stopping that way exits 0. On a terminal, a
     progress line on stderr counts the samples (nothing when stderr is piped or a file).
     """
-    import signal
-    import time
-
-    from metalmem.replay import record_line
-    from metalmem.signals import SignalWaiter
+    from metalmem.replay import record as record_samples
 
     try:
         sampler = metalmem.Sampler(scope=scope)
     except (metalmem.Error, OSError) as exc:
         raise click.BadParameter(str(exc), param_hint="'--scope'") from exc
-    taken = 0
     progress = _Progress(sys.stderr, count, str(getattr(output, "name", "-")))
-    with sampler, SignalWaiter((signal.SIGINT, signal.SIGTERM)) as stop:
-        deadline = time.monotonic()
-        while True:
-            try:
-                sample = sampler.system()
-            except (metalmem.Error, OSError) as exc:
-                click.echo(f"metalmem-agent: error: sampling failed: {exc}", err=True)
-                sys.exit(EXIT_FAILURE)
-            output.write(record_line(sample) + "\n")
-            output.flush()
-            taken += 1
-            progress.update(taken, sample.available, sample.total)
-            if count is not None and taken >= count:
-                break
-            # Ticks on a fixed schedule; a late tick is not made up for by a burst.
-            deadline = max(deadline + interval, time.monotonic())
-            if stop.received is None:
-                stop.wait(max(0.0, deadline - time.monotonic()))
-            if stop.received is not None:
-                break
+    with sampler:
+        try:
+            taken = record_samples(
+                sampler, output, interval=interval, count=count,
+                on_sample=lambda n, s: progress.update(n, s.available, s.total),
+            )  # fmt: skip
+        except (metalmem.Error, OSError) as exc:
+            click.echo(f"metalmem-agent: error: sampling failed: {exc}", err=True)
+            sys.exit(EXIT_FAILURE)
     progress.done(taken)
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "TimelineEntry",
     "infer_interval",
     "parse_line",
+    "record",
     "record_line",
     "render_timeline",
     "replay",
@@ -53,6 +54,44 @@ def record_line(sample: SystemMemory) -> str:
     if sample.psi is not None:
         doc["psi"] = sample.psi._asdict()
     return json.dumps(doc, separators=(",", ":"))
+
+
+def record(
+    sampler: Any,
+    out: Any,
+    *,
+    interval: float,
+    count: int | None = None,
+    on_sample: Callable[[int, SystemMemory], None] | None = None,
+) -> int:
+    """Write one :func:`record_line` per ``interval`` seconds to ``out`` (flushed as taken, so
+    a recording stopped early is complete up to its last tick) until ``count`` samples or
+    SIGINT/SIGTERM; returns the samples taken. Ticks keep a fixed schedule: a late tick is not
+    made up for by a burst. Sampling errors (``metalmem.Error``, ``OSError``) propagate.
+    Call from the main thread (it waits on the signals: :class:`metalmem.signals.SignalWaiter`).
+    """
+    import signal
+    import time
+
+    from .signals import SignalWaiter
+
+    taken = 0
+    with SignalWaiter((signal.SIGINT, signal.SIGTERM)) as stop:
+        deadline = time.monotonic()
+        while True:
+            sample = sampler.system()
+            out.write(record_line(sample) + "\n")
+            out.flush()
+            taken += 1
+            if on_sample is not None:
+                on_sample(taken, sample)
+            if count is not None and taken >= count:
+                return taken
+            deadline = max(deadline + interval, time.monotonic())
+            if stop.received is None:
+                stop.wait(max(0.0, deadline - time.monotonic()))
+            if stop.received is not None:
+                return taken
 
 
 def _int(value: object) -> int | None:
