@@ -179,6 +179,23 @@ def parse_ps_output(text: str) -> dict[int, str]:
     return out
 
 
+def creation_stamp(sampler: Sampler, proc_root: str | None) -> int | None:
+    """The pid the kernel allocated last (Linux ``/proc/loadavg``, its fifth field), or
+    ``None`` where it cannot be read (macOS, a captured tree without it).
+
+    Every new process and thread takes a pid, so while this stays the same no process has
+    started since it was read, and no pid has been reused: a rescan would find the same
+    processes, less those that exited. One small read instead of a rescan of the host."""
+    if sys.platform != "linux" and proc_root is None:
+        return None
+    root = proc_root if proc_root is not None else os.path.join(sampler.root, "proc")
+    try:
+        with open(os.path.join(root, "loadavg"), "rb") as f:
+            return int(f.read().split()[4])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def process_table(sampler: Sampler, proc_root: str | None) -> ProcessTable:
     """``/proc`` under ``proc_root`` (else the sampler's root) on Linux, ``ps`` elsewhere."""
     if proc_root is not None:

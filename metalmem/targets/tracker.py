@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -11,9 +13,14 @@ from ..sampler import Sampler
 from ..unload import RouterModels
 from .discovery import DEFAULT_DISCOVERY_PATTERN, discover, resolve, start_times
 from .model import Target
+from .proctable import creation_stamp
 from .specs import DEFAULT_MAX_MATCHES, TargetSpec, TooManyMatches, check_pattern
 
 log = logging.getLogger(__name__)
+
+FULL_RESCAN = 60.0
+"""Seconds at most between two full rescans of the host for discovery: what changes without a
+new pid (a process exec'ing into a match, a rename) is found within this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,7 @@ class TargetTracker:
         self._specs = tuple(specs)
         self._pattern = discover_pattern
         self._max_matches = max_matches
+        self._last_scan: tuple[int | None, float, list[Target]] | None = None
         self._pins.retain(s.key for s in self._specs if s.pid is not None)
         # A new ``pid =`` spec is pinned now, not at the next refresh: a pid reused in between
         # would otherwise be what the agent "first saw".
@@ -133,6 +141,28 @@ class TargetTracker:
         return TargetChanges(targets, added, removed)
 
     def _discover(self) -> list[Target]:
+        """Discovery's matches: a rescan of the host, or, while no pid was allocated since
+        the last one (:func:`creation_stamp`; issue 15: the rescan was a fifth of an idle
+        agent's CPU), the last matches that still exist. A full rescan at least every
+        :data:`FULL_RESCAN` seconds finds what changed without a new pid (a process that
+        exec'd into a match, a rename)."""
+        assert self._pattern is not None
+        stamp = creation_stamp(self._sampler, self._proc_root)
+        now = time.monotonic()
+        last = self._last_scan
+        if (
+            stamp is not None
+            and last is not None
+            and last[0] == stamp
+            and now - last[1] < FULL_RESCAN
+        ):
+            root = self._proc_root or os.path.join(self._sampler.root, "proc")
+            return [t for t in last[2] if os.path.exists(os.path.join(root, str(t.pid)))]
+        found = self._rescan()
+        self._last_scan = (stamp, now, found) if stamp is not None else None
+        return found
+
+    def _rescan(self) -> list[Target]:
         assert self._pattern is not None
         try:
             found = discover(
