@@ -114,6 +114,18 @@ class State:
     """Set when the loop thread died of an unexpected error: health checks fail from then on
     and the agent exits non-zero so that its supervisor restarts it."""
 
+    @classmethod
+    def initial(
+        cls, started: float, interval: float, *, events: bool, mode: EvictionMode,
+        blocked: tuple[str, ...],
+    ) -> State:  # fmt: skip
+        """The State before the first tick: no sample yet, the heartbeat at ``started``."""
+        return cls(
+            seq=0, system=None, processes={}, targets=(), assessment=None, history=(),
+            counters={}, heartbeat=started, started_at=started, interval=interval,
+            sample_duration=0.0, cpu_seconds=0.0, events=events, mode=mode, blocked=blocked,
+        )  # fmt: skip
+
 
 LevelChange = Callable[[Level, Level, Assessment], None]
 

@@ -24,7 +24,7 @@ import selectors
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from .blocks import RespawnBlocks
 from .cadence import Cadence
@@ -36,7 +36,7 @@ from .evictor import PUBLISH_TIMEOUT, Evictor, InFlight, Stopper
 from .history import Ring
 from .level import Level
 from .limits import MAX_INTERVAL, check_duration
-from .notifier import Notifier
+from .notifier import Dispatch
 from .pressure import RECLAIM_SECONDS, Assessment, Classifier
 from .procstate import is_zombie
 from .sampler import ProcessMemory, Sampler, SystemMemory
@@ -120,11 +120,10 @@ class Watchdog:
         self._history: Ring[HistoryPoint] = Ring(history)
         self._counters: dict[str, int] = collections.defaultdict(int)
         self._counter_lock = threading.Lock()
-        self._queue_size = queue_size
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread: threading.Thread | None = None
-        self._notifier: Notifier | None = None
+        self._dispatch = Dispatch(self.listeners, self._count, queue_size)
         self._last_error: str | None = None
         self._arming = Arming()
         self._cadence = Cadence()
@@ -133,34 +132,15 @@ class Watchdog:
         self._ticked: Sequence[TargetLike] = ()  # the latest tick's targets, for the gate
         self._evictor = Evictor(
             sampler, classifier, planner, self.listeners,
-            post=self._post_all, barrier=self._barrier, wake=self._wake_stopped,
+            post=self._dispatch.post_all, barrier=self._dispatch.barrier, wake=self._wake_stopped,
             adopted=adopted if adopted is not None else self._ticked_targets,
             clock=clock, state_dir=state_dir, stopper=stopper,
         )  # fmt: skip
         self.gate = self._evictor.gate
-        # tick() reaches the evictor through these names (the split left its body as it was).
-        self._collect_stop = self._evictor.collect
-        self._plan_and_act = self._evictor.plan
-        self._begin_evict = self._evictor.begin
-        self._eviction_fields = self._evictor.fields
-        started = clock()
-        self._state = State(
-            seq=0,
-            system=None,
-            processes={},
-            targets=(),
-            assessment=None,
-            history=(),
-            counters={},
-            heartbeat=started,
-            started_at=started,
-            interval=interval,
-            sample_duration=0.0,
-            cpu_seconds=0.0,
-            events=events is not None,
-            mode=self.mode,
+        self._state = State.initial(
+            clock(), interval, events=events is not None, mode=self.mode,
             blocked=self._evictor.blocks.keys(),
-        )
+        )  # fmt: skip
 
     # --- readers ----------------------------------------------------------------------------
     @property
@@ -191,11 +171,7 @@ class Watchdog:
         """Start the loop thread (and the notifier thread)."""
         if self._thread is not None:
             raise RuntimeError("Watchdog already started")
-        self._notifier = Notifier(
-            self._queue_size,
-            on_error=lambda: self._count("listener_errors"),
-            on_drop=lambda: self._count("listener_drops"),
-        )
+        self._dispatch.start()
         self._thread = threading.Thread(target=self._run, name="metalmem-watchdog", daemon=True)
         self._thread.start()
 
@@ -211,9 +187,8 @@ class Watchdog:
         if flight is not None and flight.thread is not None:
             flight.thread.join(max(0.0, deadline - time.monotonic()))  # let the grace finish
             if self._thread is None or not self._thread.is_alive():
-                self._collect_stop()
-        if self._notifier is not None:
-            self._notifier.close(max(0.1, deadline - time.monotonic()))
+                self._evictor.collect()
+        self._dispatch.close(max(0.1, deadline - time.monotonic()))
         if self._thread is None or not self._thread.is_alive():
             for fd in (self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
@@ -279,10 +254,10 @@ class Watchdog:
         plan = None
         flight = None
         if self.planner is not None:
-            self._collect_stop()
-            plan, chosen = self._plan_and_act(assessment, system, processes, targets, now)
+            self._evictor.collect()
+            plan, chosen = self._evictor.plan(assessment, system, processes, targets, now)
             if chosen is not None:
-                flight = self._begin_evict(chosen, assessment, system, processes)
+                flight = self._evictor.begin(chosen, assessment, system, processes)
         self._history.append(HistoryPoint(now, assessment.level, system.available))
         old = self._level
         self._level = assessment.level
@@ -308,12 +283,12 @@ class Watchdog:
             events=self._events is not None,
             mode=self.mode,
             plan=plan,
-            **self._eviction_fields(),
+            **self._evictor.fields(),
         )
         # Publish, then act: the State, the level change and "evicting" go out before the
         # stop's first signal (the stop thread waits for the notifier to deliver them).
         self._state = state
-        self._notify(state, assessment, old)
+        self._dispatch.published(state, assessment, old)
         if flight is not None:
             self._launch(flight)
         return self._state
@@ -346,7 +321,7 @@ class Watchdog:
         self._evictor.announce(flight)
         if self._thread is None or threading.current_thread() is not self._thread:
             self._evictor.run_stop(flight)
-            self._collect_stop()
+            self._evictor.collect()
             self._republish()
             return
         flight.thread = threading.Thread(
@@ -356,51 +331,17 @@ class Watchdog:
 
     def _republish(self) -> None:
         """The State again after a stop ended inside the tick that started it."""
-        self._state = dataclasses.replace(self._state, **self._eviction_fields())
-
-    def _barrier(self, timeout: float) -> None:
-        """Wait until the notifier delivered what was published (no notifier: it was)."""
-        if self._notifier is not None:
-            self._notifier.barrier(timeout)
+        self._state = dataclasses.replace(self._state, **self._evictor.fields())
 
     def _wake_stopped(self) -> None:
         """Wake the loop from the stop thread, to collect the stop's outcome."""
         with contextlib.suppress(OSError, ValueError):
             os.write(self._wake_w, b"s")
 
-    def _post_all(self, fns: Sequence[Callable[..., None]], *args: Any) -> None:
-        post = self._notifier.post if self._notifier is not None else self._call_now
-        for fn in fns:
-            post(fn, *args)
-
     def _publish_heartbeat(self, now: float) -> None:
         with self._counter_lock:
             counters = dict(self._counters)
         self._state = dataclasses.replace(self._state, heartbeat=now, counters=counters)
-
-    def _notify(self, state: State, assessment: Assessment, old: Level) -> None:
-        post = self._notifier.post if self._notifier is not None else self._call_now
-        for fn in self.listeners.on_sample:
-            post(fn, state)
-        for fn2 in self.listeners.on_assessment:
-            post(fn2, assessment)
-        if assessment.level != old:
-            log.info(
-                "event=level_change old=%s new=%s reason=%s",
-                old.name,
-                assessment.level.name,
-                assessment.top_reason.message if assessment.top_reason else "-",
-            )
-            for fn3 in self.listeners.on_level_change:
-                post(fn3, old, assessment.level, assessment)
-
-    def _call_now(self, fn: Callable[..., None], *args: Any) -> None:
-        """Listener call for a Watchdog driven by direct tick() calls (no notifier thread)."""
-        try:
-            fn(*args)
-        except Exception:
-            self._count("listener_errors")
-            log.exception("event=listener_error listener=%s", getattr(fn, "__name__", fn))
 
     @property
     def failed(self) -> str | None:
