@@ -109,7 +109,9 @@ def _line(series: Series) -> str:
             labels = "{" + ",".join(f'{k}="{_escape_value(v)}"' for k, v in pairs) + "}"
         else:
             labels = ""
-        line = _LINES[key] = f"{name}{labels} {float_text(value)}\n"
+        line = f"{name}{labels} {float_text(value)}\n"
+        if value or value.__class__ is not float:  # 0.0 == -0.0, but they print apart
+            _LINES[key] = line
     return line
 
 

@@ -663,9 +663,11 @@ def _sample(series: exposition.Series) -> Any:
 
         if len(_SAMPLES) >= _SAMPLES_MAX:
             _SAMPLES.clear()  # values that moved on; the ones still current come back at once
-        sample = _SAMPLES[key] = Sample(
+        sample = Sample(
             name, dict(zip(names, values, strict=True)) if names else _NO_LABELS, value, None, None
         )
+        if value or value.__class__ is not float:  # 0.0 == -0.0, but they print apart
+            _SAMPLES[key] = sample
     return sample
 
 

@@ -220,3 +220,14 @@ def test_the_agent_path_never_imports_prometheus_client() -> None:
         "assert 'prometheus_client' not in sys.modules, 'imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_zero_and_negative_zero_keep_their_own_text() -> None:
+    # Found by hypothesis in CI: 0.0 == -0.0 (same hash, same type), so a cache keyed by the
+    # value handed one's line to the other; prometheus-client prints them apart.
+    family = Family("m_zero", "gauge", "z", ("a",))
+    for first, second in ((0.0, -0.0), (-0.0, 0.0)):
+        for value in (first, second):
+            families = [(family, [(family.name, ("a",), ("x",), value)])]
+            for ours, theirs in _both(families):
+                assert ours == theirs, value
