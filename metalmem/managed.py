@@ -3,6 +3,7 @@ targets that match nothing, noted once per change."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -56,18 +57,22 @@ class ManagedTargets:
     def configure(self, old: AgentConfig, new: AgentConfig) -> None:
         """Take a reload's targets and discovery (refreshed at the next tick); raises
         ConfigError, changing nothing, when the new discovery would match over its cap."""
-        if new.discover is not None:
-            try:
-                discover(self._sampler, new.discover, max_matches=new.max_matches)
-            except TooManyMatches as exc:
-                raise ConfigError(str(exc), key="discover") from None
-        if (new.targets, new.discover, new.max_matches) != (
-            old.targets, old.discover, old.max_matches
-        ):  # fmt: skip
-            # The same tracker: its pins must survive a reload (issue 13, finding 1).
-            self._tracker.configure(new.targets, new.discover, new.max_matches)
-            self._specs = new.targets
-            self._refresh_at = 0.0
+        # This runs on the reloading thread while the loop samples: a Sampler of its own.
+        own = isinstance(self._sampler, Sampler)
+        opened = Sampler(self._sampler.root, self._sampler.scope) if own else None
+        with opened if opened is not None else contextlib.nullcontext(self._sampler) as sampler:
+            if new.discover is not None:
+                try:
+                    discover(sampler, new.discover, max_matches=new.max_matches)
+                except TooManyMatches as exc:
+                    raise ConfigError(str(exc), key="discover") from None
+            if (new.targets, new.discover, new.max_matches) != (
+                old.targets, old.discover, old.max_matches
+            ):  # fmt: skip
+                # The same tracker: its pins must survive a reload (issue 13, finding 1).
+                self._tracker.configure(new.targets, new.discover, new.max_matches, sampler=sampler)
+                self._specs = new.targets
+                self._refresh_at = 0.0
 
     def _note_unmatched(self) -> None:
         """Name configured targets that match nothing, once per change (a typo is silent

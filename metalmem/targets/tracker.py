@@ -74,10 +74,13 @@ class TargetTracker:
         specs: Sequence[TargetSpec],
         discover_pattern: str | None,
         max_matches: int = DEFAULT_MAX_MATCHES,
+        *,
+        sampler: Sampler | None = None,
     ) -> None:
         """Take new specs and discovery settings (a reload); pins of specs still configured
         are kept, the others dropped, new ones pinned now. The targets change at the next
-        :meth:`refresh`."""
+        :meth:`refresh`. ``sampler`` reads the new pins' start times: a caller on another
+        thread than the one that refreshes passes its own (a Sampler is not thread-safe)."""
         if discover_pattern is not None:
             check_pattern(discover_pattern, "discovery pattern")
         self._specs = tuple(specs)
@@ -91,7 +94,8 @@ class TargetTracker:
             s for s in self._specs
             if s.pid is not None and ((p := self._pins.get(s.key)) is None or p.pid != s.pid)
         ]  # fmt: skip
-        starts = start_times(self._sampler, (s.pid for s in fresh if s.pid is not None))
+        reader = sampler if sampler is not None else self._sampler
+        starts = start_times(reader, (s.pid for s in fresh if s.pid is not None))
         for spec in fresh:
             assert spec.pid is not None
             self._pin_first(spec, starts.get(spec.pid))
