@@ -7,7 +7,7 @@ itself (``Agent``, ``AgentConfig``, ``run``) is imported on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .darwin import derive_darwin
 from .errors import AccessDenied, ConfigError, Error, NoSuchProcess, Unsupported
@@ -20,6 +20,7 @@ from .eviction import (
     Planner,
     SkipReason,
 )
+from .lazy import lazy_attributes
 from .level import Level
 from .pressure import (
     Assessment,
@@ -74,15 +75,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'metalmem' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

@@ -70,6 +70,7 @@ class AgentStats:
         self._kube_restored: collections.Counter[str] = collections.Counter()
         self._kube_writers: set[str] = set()
         self._last_reload_ok = True
+        self._generation = 0  # bumped by every change: the exposition reuses its text until then
 
     def config_reload(self, result: str) -> None:
         """Count one config reload: ``success`` or ``failure``; the latest one is exported
@@ -77,28 +78,38 @@ class AgentStats:
         with self._lock:
             self._reloads[result] += 1
             self._last_reload_ok = result == "success"
+            self._generation += 1
 
     def kube_write(self, kind: str, result: str) -> None:
         """Count one Kubernetes API write: ``kind`` condition|event|suspend|resume, ``result``
         success|conflict|not_found|forbidden|error."""
         with self._lock:
             self._kube_writes[(kind, result)] += 1
+            self._generation += 1
 
     def kube_dropped(self, n: int = 1) -> None:
         """Count writes dropped from the Kubernetes queue because it was full."""
         with self._lock:
             self._kube_dropped += n
+            self._generation += 1
 
     def kube_condition_restored(self, cause: str) -> None:
         """Count one re-apply of our condition after another writer removed or changed it:
         ``cause`` removed|stale|changed."""
         with self._lock:
             self._kube_restored[cause] += 1
+            self._generation += 1
 
     def kube_condition_other_writer(self, manager: str) -> None:
         """Remember a field manager other than metalmem that writes our condition type."""
         with self._lock:
             self._kube_writers.add(manager)
+            self._generation += 1
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a count does (read without the lock: an int is read whole)."""
+        return self._generation
 
     def snapshot(self) -> dict[str, object]:
         """A consistent copy: ``reloads`` {result: n}, ``kube_writes`` {(kind, result): n},
@@ -578,13 +589,9 @@ class MetalmemCollector:
         for key, family in _WATCHDOG_COUNTERS:
             _add(out, family, (), state.counters.get(key, 0))
         if self._stats is not None:
-            snap = self._stats.snapshot()
-            frozen = tuple(
-                tuple(sorted(v.items())) if isinstance(v, dict) else tuple(v)
-                if isinstance(v, list) else v
-                for v in snap.values()
-            )  # fmt: skip
-            self._memo(out, "stats", frozen, _STATS_FAMILIES, lambda part: _fill_stats(part, snap))
+            stats = self._stats
+            self._memo(out, "stats", stats.generation, _STATS_FAMILIES,
+                       lambda part: _fill_stats(part, stats.snapshot()))  # fmt: skip
         self._memo(out, "build", (self._version, self._platform), (_BUILD,),
                    lambda part: _add(part, _BUILD, (self._version, self._platform), 1))  # fmt: skip
 

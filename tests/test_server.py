@@ -469,6 +469,42 @@ def _raw(port: int, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
+def test_an_http11_connection_stays_open_across_scrapes(agent: Agent) -> None:
+    # Prometheus keeps its connection (issue 15): the second scrape rides the same socket.
+    import http.client
+
+    agent.dog.tick()
+    conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        first = conn.getresponse()
+        assert first.status == 200 and first.getheader("Connection") is None
+        body = first.read()
+        sock = conn.sock
+        conn.request("GET", "/metrics")
+        second = conn.getresponse()
+        assert second.status == 200 and len(second.read()) > 0 and len(body) > 0
+        assert conn.sock is sock and sock is not None  # not reconnected
+    finally:
+        conn.close()
+    # HTTP/1.0, or Connection: close, is answered once and closed.
+    reply = _raw(agent.port, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200") and b"Connection: close" in reply
+
+
+def test_metrics_are_gzipped_when_the_scraper_asks(agent: Agent) -> None:
+    import gzip
+
+    agent.dog.tick()
+    plain = agent.get("/metrics")
+    packed = agent.get("/metrics", **{"Accept-Encoding": "gzip"})
+    assert packed.headers.get("Content-Encoding") == "gzip"
+    assert "Content-Encoding" not in plain.headers
+    text = gzip.decompress(packed.body).decode()
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert names == {f.name for f in text_string_to_metric_families(plain.body.decode())}
+
+
 def test_head_answers_headers_without_a_body(agent: Agent) -> None:
     agent.dog.tick()
     for path in ("/metrics", "/memstats", "/healthz", "/readyz"):

@@ -31,8 +31,9 @@ Of ``kubernetes`` only the kubeconfig and in-cluster loaders and ``Configuration
 importing this package imports nothing of it.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .api import FIELD_MANAGER, KubeConfigError, KubeStats, WriteKind, WriteResult
@@ -62,19 +63,7 @@ _WHERE = {
 }  # fmt: skip
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
-
-
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
 __all__ = [
     "CONDITION_TYPE",
     "DEFAULT_RESOURCE",
